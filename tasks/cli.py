@@ -1,0 +1,73 @@
+"""`evolver`: the in-process driver of the pipeline's stages (the Airflow DAG is the other one).
+
+    evolver run CONFIG [--set key=value ...] [--output DIR] [--run-id ID]
+    evolver schema            # the config's JSON schema (what the Airflow form validates)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.config import EvolverConfig, InputError
+
+
+def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print) -> dict[str, Any]:
+    """download -> init -> for each generation, rounds of (offspring, evaluate, select) -> finalize."""
+    from tasks import stages
+
+    conf = cfg.resolved()
+    started = time.perf_counter()
+    stages.download_models(conf, run_id, tags={"runner": "cli"})
+    stages.init_population(conf, run_id)
+    for generation in range(cfg.generations + 1):
+        for round_ in range(stages.rounds_needed(cfg)):
+            items = stages.make_offspring(conf, run_id, generation, round_)
+            if items is None:
+                break
+            for item in items:
+                stages.evaluate(conf, run_id, item)
+            result = stages.select(conf, run_id, generation, round_)
+            if result["done"]:
+                log(
+                    f"[{time.perf_counter() - started:6.1f}s] generation {generation:2d}: best {cfg.metric} "
+                    f"{result['best_fitness']:.4f}, mean {result['mean_fitness']:.4f}, accepted {result['accepted']}"
+                )
+    return stages.finalize(conf, run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evolver", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the whole pipeline in this process")
+    run.add_argument("config", type=Path, help="YAML run configuration")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted)")
+    run.add_argument("--output", type=Path, default=None, help="folder for summary.json (default: print only)")
+    run.add_argument("--run-id", default=None, help="resume or repeat a run id (default: a new one)")
+    commands.add_parser("schema", help="print the config's JSON schema")
+    args = parser.parse_args(argv)
+
+    if args.command == "schema":
+        print(json.dumps(EvolverConfig.model_json_schema(), indent=2))
+        return 0
+    run_id = args.run_id or f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}"
+    try:
+        cfg = EvolverConfig.from_yaml(args.config, args.overrides)
+        summary = run_pipeline(cfg, run_id)
+    except (InputError, FileNotFoundError) as err:
+        print(f"evolver: {err}", file=sys.stderr)
+        return 2
+    if args.output is not None:
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    final = summary["final"]
+    print(json.dumps({"run_id": run_id, "dev": final["dev"], "heldout_mean": final["heldout_mean"], "fused_model_sha256": summary["fused_model_sha256"], "mlflow_run_id": summary["mlflow_run_id"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,184 @@
+"""The run configuration: one typed schema for the YAML file, the CLI, the DAG's trigger conf and its UI form.
+
+Validation happens here, before any model is loaded: unknown keys, out-of-range numbers and
+inconsistent settings raise `ConfigError` with one line per problem. The DAG builds its `Param`s
+from `param_schemas()`, so the form, the YAML file and the CLI can never disagree.
+
+This module must stay light (pydantic and yaml only): the DAG file imports it at parse time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.merge.registry import MERGER_NAMES
+
+
+class InputError(ValueError):
+    """Bad input found before compute (config, checkpoints, data, store); the message says what and where."""
+
+
+class ConfigError(InputError):
+    """A configuration that cannot run; the message names every problem."""
+
+
+class _Strict(BaseModel):
+    # extra="forbid" is what turns a typo such as `generation: 3` into an error instead of a silent default.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(_Strict):
+    # Fitness data. One source or a list of sources that are concatenated (one dev split per domain, as in the paper).
+    # A source is a CSV / JSONL / Parquet file, a folder written by `datasets.save_to_disk`, or a hub id
+    # (`name` or `name:split`, split defaulting to validation).
+    dev: str | list[str] = Field(..., title="Dev data", description="Fitness data: a source or a list of sources, concatenated.")
+    # Held-out sets, reported only and never used for selection. name -> source (or list of sources).
+    heldout: dict[str, str | list[str]] = Field(
+        default_factory=dict, title="Held-out data", description="name -> source; reported only, never selected on."
+    )
+    # Which held-out names are out-of-domain (domains no member was fine-tuned on); the rest count as in-domain.
+    out_of_domain: list[str] = Field(
+        default_factory=list, title="Out-of-domain sets", description="Names in `heldout` that no member was trained on."
+    )
+    text_column: str = Field("text", title="Text column")
+    label_column: str = Field("label", title="Label column", description="Integer ids, or names found in the models' label2id.")
+    # 64 tokens covers the median tweet many times over; raise it for longer documents.
+    max_length: int = Field(64, ge=8, le=4096, title="Max tokens")
+    # Evaluation batch size. Shards are cut on batch boundaries, so scores do not depend on the shard count.
+    batch_size: int = Field(64, ge=1, le=4096, title="Eval batch size")
+
+    @model_validator(mode="after")
+    def _ood_names_exist(self) -> DataConfig:
+        unknown = sorted(set(self.out_of_domain) - set(self.heldout))
+        if unknown:
+            raise ValueError(f"out_of_domain names {unknown} are not keys of heldout {sorted(self.heldout)}")
+        return self
+
+
+class EvolverConfig(_Strict):
+    # Fine-tuned checkpoints of one base model: local folders or hub ids. At least two: the mutation needs a reference.
+    models: list[str] = Field(..., min_length=2, title="Models", description="Fine-tuned checkpoints (local folders or hub ids).")
+    # The pre-trained model the members were fine-tuned from. Needed only by merging methods that use task vectors.
+    base_model: str | None = Field(None, title="Base model", description="Pre-trained checkpoint (optional).")
+    data: DataConfig
+    # plain: fitness of an individual is its own dev score, output is the best individual.
+    # merge: fitness is the dev score of merge(population); output is merge(final population). Every published
+    # configuration of the paper uses merge mode.
+    mode: Literal["plain", "merge"] = Field("merge", title="Mode", description="plain: evolve individuals; merge: evolve inside a merging method.")
+    merger: Literal[MERGER_NAMES] = Field("average", title="Merger", description="Merging method used in merge mode and as the baseline.")  # type: ignore[valid-type]
+    # sequential: the reference code's order, one offspring at a time (parallelism only over dev shards).
+    # generational: all offspring of a generation from one snapshot, evaluated at once.
+    schedule: Literal["sequential", "generational"] = Field("generational", title="Schedule")
+    # The paper's default is 15; each generation costs N evaluations (plus at most one in merge/generational).
+    generations: int = Field(15, ge=1, le=100, title="Generations")
+    # Mutation scale, v = x_i + F (x_r - x_i). 0.5 is the paper's default; F > 1 extrapolates past the reference.
+    F: float = Field(0.5, ge=0.0, le=2.0, title="F (mutation scale)")
+    # Per-coordinate crossover rate: each coordinate takes the mutant with probability CR.
+    CR: float = Field(0.5, ge=0.0, le=1.0, title="CR (crossover rate)")
+    # All randomness (reference choice, crossover masks, visit order) derives from (seed, generation, individual, tensor).
+    seed: int = Field(1, ge=0, le=2**31 - 1, title="Seed")
+    # Dev-set shards per candidate; each shard is one evaluate task. Scores are identical for any count.
+    shards: int = Field(1, ge=1, le=256, title="Shards")
+    # Regexes of parameter names that are not evolved or merged (e.g. ".*classifier.*"); those keep the first model's values.
+    exclude: list[str] = Field(default_factory=list, title="Exclude", description="Regexes of parameter names kept from the first model.")
+    # The fitness metric. Macro-F1 does not reward predicting the majority class of a skewed domain.
+    metric: Literal["accuracy", "macro_f1", "mcc"] = Field("macro_f1", title="Fitness metric")
+    # Also report every member and the plain merge on the held-out sets (the rows of the result table).
+    baselines: bool = Field(True, title="Report baselines")
+    # Where weights, statistics and records live. A folder or file:// URI (s3:// arrives with the S3 store).
+    store: str = Field("evolver-runs/store", title="Store", description="Folder or file:// URI for run state.")
+    # MLflow tracking URI. The default is a local SQLite file with artifacts in a folder beside it.
+    tracking_uri: str = Field("sqlite:///evolver-runs/mlflow.db", title="MLflow tracking URI")
+    experiment: str = Field("evolver", title="MLflow experiment")
+    # auto uses CUDA when present.
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", title="Device")
+
+    @field_validator("exclude")
+    @classmethod
+    def _regexes_compile(cls, patterns: list[str]) -> list[str]:
+        import re
+
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"exclude pattern {pattern!r} is not a regex: {err}") from None
+        return patterns
+
+    # -- construction helpers -------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EvolverConfig:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(_describe(err)) from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> EvolverConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+        for item in overrides:
+            apply_override(raw, item)
+        return cls.from_dict(raw)
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `--set dotted.key=value` in place; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {item!r}: {part} is not a mapping")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "config"
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key")
+        else:
+            lines.append(f"{where}: {problem['msg']} (got {problem.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def param_schemas() -> dict[str, dict[str, Any]]:
+    """One JSON schema per top-level key, `$ref`s inlined and `default` filled where the key has one."""
+    schema = EvolverConfig.model_json_schema()
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(defs[node["$ref"].split("/")[-1]])
+            return {k: inline(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    params = {}
+    for name, prop in schema["properties"].items():
+        params[name] = inline(prop)
+        field = EvolverConfig.model_fields[name]
+        if not field.is_required():
+            params[name]["default"] = field.get_default(call_default_factory=True)
+    return params
+
+
+def dump_schema(path: str | Path) -> None:
+    Path(path).write_text(json.dumps(EvolverConfig.model_json_schema(), indent=2))

@@ -1,0 +1,172 @@
+"""Fine-tune one sequence classifier from a CSV file: the members of a demo or benchmark population.
+
+A plain torch loop (AdamW, linear warm-up then decay) rather than `Trainer`: it is short, has no extra
+dependencies (accelerate) and its every random draw comes from `seed`.
+
+A finished checkpoint folder holds `finetune.json` (the arguments and the sha256 of the training file).
+It is written last, inside a temporary folder that is renamed into place, so a folder that has it is
+complete, and a second call with the same arguments returns at once instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup, set_seed
+
+RECORD = "finetune.json"
+_LOG_EVERY = 10
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_rows(train_csv: Path, label2id: dict[str, int]) -> tuple[list[str], list[int]]:
+    # dtype=str and no NA parsing: a text such as "NA" stays text, and label names stay names.
+    table = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
+    missing = {"text", "label"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{train_csv}: missing column(s) {sorted(missing)}; it has {list(table.columns)}")
+    unknown = sorted(set(table["label"]) - set(label2id))
+    if unknown:
+        raise ValueError(f"{train_csv}: labels {unknown[:10]} are not among {sorted(label2id)}")
+    if table.empty:
+        raise ValueError(f"{train_csv}: no rows")
+    return table["text"].tolist(), [label2id[label] for label in table["label"]]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    # The usual BERT recipe: no weight decay on biases and LayerNorm weights (decaying them only hurts).
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def _replace_folder(tmp: Path, out_dir: Path) -> None:
+    """Move a finished temporary folder to out_dir, replacing an earlier checkpoint of ours."""
+    if out_dir.exists():
+        # Only a folder this module wrote (it has the record) or an empty one is ours to replace.
+        if not (out_dir / RECORD).is_file() and any(out_dir.iterdir()):
+            raise FileExistsError(f"{out_dir} exists and is not a fine-tuned checkpoint; not overwriting it")
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+
+
+def finetune(
+    train_csv: Path,
+    out_dir: Path,
+    *,
+    base_model: Path,
+    labels: Sequence[str],
+    epochs: int = 4,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+    max_length: int = 64,
+    warmup: float = 0.1,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    device: str = "auto",
+    log: Callable[[str], object] = print,
+) -> Path:
+    """Fine-tune base_model on train_csv (columns text, label) and save it with its tokenizer to out_dir.
+
+    Returns out_dir. If out_dir already holds a checkpoint made with the same arguments from a training file
+    with the same content, nothing is trained. `device` is not part of that identity: it changes speed, not
+    the recipe.
+    """
+    train_csv, out_dir, base_model = Path(train_csv), Path(out_dir), Path(base_model)
+    args = {
+        "base_model": str(base_model.resolve()),
+        "labels": list(labels),
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "warmup": warmup,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "train_csv_sha256": _sha256(train_csv),
+    }
+    record_path = out_dir / RECORD
+    if record_path.is_file() and json.loads(record_path.read_text()).get("args") == args:
+        log(f"{out_dir}: up to date, not fine-tuning again")
+        return out_dir
+
+    label2id = {label: i for i, label in enumerate(labels)}
+    texts, targets = _read_rows(train_csv, label2id)
+    dev = _resolve_device(device)
+    set_seed(seed)  # python, numpy and torch (CPU and CUDA): the new classifier head and dropout draw from it
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
+    ).to(dev)
+    optimizer = _optimizer(model, lr, weight_decay)
+    steps_per_epoch = math.ceil(len(texts) / batch_size)
+    total = steps_per_epoch * epochs
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(warmup * total), num_training_steps=total
+    )
+    order_rng = torch.Generator().manual_seed(seed)
+    log(f"fine-tuning {base_model} on {train_csv} ({len(texts)} rows, {epochs} epochs, {total} steps) on {dev}")
+
+    started = time.perf_counter()
+    model.train()
+    step, window = 0, []
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(texts), generator=order_rng).tolist()
+        for begin in range(0, len(order), batch_size):
+            batch = order[begin : begin + batch_size]
+            # Padding per batch to its longest text, not to max_length: most tweets are far shorter.
+            enc = tokenizer(
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            ).to(dev)
+            loss = model(**enc, labels=torch.tensor([targets[i] for i in batch], device=dev)).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            window.append(loss.item())
+            if step % _LOG_EVERY == 0 or step == total:
+                log(
+                    f"  epoch {epoch}/{epochs} step {step}/{total} loss {sum(window) / len(window):.4f} "
+                    f"({time.perf_counter() - started:.0f}s)"
+                )
+                window = []
+    seconds = time.perf_counter() - started
+
+    # Everything goes to a sibling temporary folder first; the record is its last file, and the rename
+    # publishes the whole checkpoint at once. A crash leaves only the temporary folder, cleared next time.
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    result = {"rows": len(texts), "steps": total, "seconds": round(seconds, 1), "device": str(dev)}
+    (tmp / RECORD).write_text(json.dumps({"args": args, "result": result}, indent=2, sort_keys=True) + "\n")
+    _replace_folder(tmp, out_dir)
+    log(f"saved {out_dir} ({seconds:.0f}s)")
+    return out_dir

@@ -1,0 +1,175 @@
+"""The model pool: where the fine-tuned checkpoints come from, and whether they can be fused.
+
+A source is a local folder (config.json + safetensors) or a Hugging Face hub id. Every check reads only
+safetensors headers, so an incompatible population fails in seconds, before any weight is loaded; weights
+are then read one tensor at a time (`safe_open`), mergekit-style.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from tasks.config import InputError
+
+
+class IncompatibleCheckpoints(InputError):
+    """Members that cannot be fused; the message lists every difference."""
+
+
+class ModelNotFound(InputError):
+    """A model source that resolves to no checkpoint."""
+
+
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+
+
+def resolve(source: str) -> Path:
+    """A local snapshot of `source`: the folder itself, or a hub download (cached by huggingface_hub)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotFound(f"model {source!r} is a file; expected a checkpoint folder")
+        return path.resolve()
+    if source.startswith(("/", ".", "~")) or "://" in source:
+        raise ModelNotFound(f"model {source!r} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=source, allow_patterns=_HUB_PATTERNS))
+    except Exception as err:  # offline mode, unknown repo, network: one clear line either way
+        raise ModelNotFound(f"model {source!r} is neither a local folder nor a reachable hub id: {err}") from None
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [folder / shard for shard in shards]
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise ModelNotFound(f"{folder}: no model.safetensors (or index); save the checkpoint with safe_serialization")
+
+
+def tensor_specs(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) from the safetensors headers alone."""
+    from safetensors import safe_open
+
+    specs = {}
+    for file in safetensors_files(folder):
+        with safe_open(str(file), framework="pt") as reader:
+            for name in reader.keys():
+                piece = reader.get_slice(name)
+                specs[name] = (piece.get_dtype(), tuple(piece.get_shape()))
+    return specs
+
+
+def check_compatible(folders: Sequence[Path]) -> None:
+    """Same architecture, parameter names, shapes and dtypes; raises with every difference listed."""
+    problems = []
+    reference = folders[0]
+    ref_arch = _architecture(reference)
+    ref_specs = tensor_specs(reference)
+    for folder in folders[1:]:
+        arch = _architecture(folder)
+        if arch != ref_arch:
+            problems.append(f"{folder}: architecture {arch} differs from {reference}: {ref_arch}")
+        specs = tensor_specs(folder)
+        for name in sorted(set(ref_specs) - set(specs)):
+            problems.append(f"{folder}: lacks tensor {name}")
+        for name in sorted(set(specs) - set(ref_specs)):
+            problems.append(f"{folder}: has extra tensor {name}")
+        for name in sorted(set(specs) & set(ref_specs)):
+            if specs[name] != ref_specs[name]:
+                (dtype, shape), (ref_dtype, ref_shape) = specs[name], ref_specs[name]
+                problems.append(f"{folder}: {name} is {dtype}{list(shape)}, {reference} has {ref_dtype}{list(ref_shape)}")
+    if problems:
+        raise IncompatibleCheckpoints(
+            f"{len(problems)} incompatibilities between the checkpoints:\n  " + "\n  ".join(problems)
+        )
+
+
+def _architecture(folder: Path) -> tuple[str, tuple[str, ...], int | None]:
+    config = json.loads((folder / "config.json").read_text())
+    return config.get("model_type", "?"), tuple(config.get("architectures") or ()), config.get("num_labels") or len(
+        config.get("id2label") or {}
+    ) or None
+
+
+def mergeable_names(folder: Path, exclude: Sequence[str]) -> list[str]:
+    """Stored named parameters (never buffers) that no exclude regex matches, in a fixed order."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    parameters = {name for name, _ in model.named_parameters()}
+    stored = tensor_specs(folder)
+    patterns = [re.compile(p) for p in exclude]
+    names = sorted(n for n in stored if n in parameters and not any(p.fullmatch(n) or p.search(n) for p in patterns))
+    if not names:
+        raise IncompatibleCheckpoints(f"{folder}: no parameter is left to evolve after exclude={list(exclude)}")
+    return names
+
+
+def iter_tensors(folder: Path, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield (name, tensor) one at a time, in the order given."""
+    from safetensors import safe_open
+
+    wanted = set(names)
+    location = {}
+    for file in safetensors_files(folder):
+        with safe_open(str(file), framework="pt") as reader:
+            location.update({name: file for name in reader.keys() if name in wanted})
+    for name in names:
+        with safe_open(str(location[name]), framework="pt") as reader:
+            yield name, reader.get_tensor(name)
+
+
+def check_finite(folder: Path, names: Sequence[str]) -> None:
+    bad = [name for name, tensor in iter_tensors(folder, names) if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise IncompatibleCheckpoints(f"{folder}: non-finite (NaN or inf) values in {', '.join(bad[:10])}" + (" ..." if len(bad) > 10 else ""))
+
+
+def labels(folder: Path) -> tuple[dict[str, int], int]:
+    """The members' label2id and label count (from config.json, as transformers writes it)."""
+    config = json.loads((folder / "config.json").read_text())
+    label2id = {str(k): int(v) for k, v in (config.get("label2id") or {}).items()}
+    return label2id, len(config.get("id2label") or {}) or config.get("num_labels") or len(label2id) or 2
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA device is visible")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+@lru_cache(maxsize=2)
+def template_model(folder: str, device: str) -> torch.nn.Module:
+    """The first member loaded once per process; candidates are loaded into it with `load_state_dict`."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    return model.to(device).eval()
+
+
+def model_with(folder: Path, tensors: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
+    """The template model with `tensors` (a subset of its parameters) replaced."""
+    model = template_model(str(folder), str(device))
+    state = model.state_dict()
+    unknown = sorted(set(tensors) - set(state))
+    if unknown:
+        raise IncompatibleCheckpoints(f"tensors {unknown[:5]} are not parameters of the model in {folder}")
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            state[name].copy_(tensor)
+    return model

@@ -1,0 +1,471 @@
+"""The pipeline's stages. Each is `stage(conf, run_id, small inputs) -> small record`.
+
+Both drivers call exactly these functions: `tasks.cli` loops them in process, `dags/evolver.py` wires
+them as Airflow tasks. State lives in the run's store under deterministic keys; a stage that finds its
+outputs complete returns them, and one that is retried rewrites identical bytes.
+
+Store layout of one run (keys relative to `<store>/<run key>/`):
+  run.json                                   resolved models, evolvable tensor names, labels, MLflow run id
+  data/dev.safetensors, data/heldout/<name>.safetensors    tokenised once
+  members/init/ind=<i>.safetensors           the fine-tuned members' evolvable tensors
+  init.json                                  completion marker of init_population
+  gen=<g>/ind=<i>/offspring.safetensors      offspring of individual i in generation g
+  gen=<g>/round=<r>/candidates.json          what round r evaluates (members of each candidate)
+  gen=<g>/round=<r>/cand=<c>/shard=<s>.json  confusion counts of one (candidate, shard) work item
+  gen=<g>/round=<r>/state.json               population after round r
+  gen=<g>/population.json                    population after generation g (generation 0: the initial one)
+  final/model/*, final/summary.json          the fused model and the run summary
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import tempfile
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from tasks.config import ConfigError, EvolverConfig
+from tasks.store import Store, StoreError, open_store, run_key
+
+# Rounds a generation can need: N in the sequential schedule, at most 2 in the generational one.
+GENERATIONAL_ROUNDS = 2
+
+
+class Run:
+    """One pipeline run: its validated config and its slice of the store."""
+
+    def __init__(self, conf: dict[str, Any] | EvolverConfig, run_id: str):
+        self.cfg = conf if isinstance(conf, EvolverConfig) else EvolverConfig.from_dict(conf)
+        self.key = run_key(run_id)
+        self.store: Store = open_store(self.cfg.store).scoped(self.key)
+
+    @cached_property
+    def record(self) -> dict[str, Any]:
+        try:
+            return self.store.get_json("run.json")
+        except StoreError:
+            raise StoreError(f"run {self.key} has no run.json in {self.store.uri}: run download_models first") from None
+
+    @property
+    def n(self) -> int:
+        return len(self.cfg.models)
+
+
+def rounds_needed(cfg: EvolverConfig) -> int:
+    return len(cfg.models) if cfg.schedule == "sequential" else GENERATIONAL_ROUNDS
+
+
+# -- download_models --------------------------------------------------------------------------------------
+
+
+def download_models(
+    conf: dict[str, Any], run_id: str, *, tags: dict[str, str] | None = None, max_generations: int | None = None, max_rounds: int | None = None
+) -> dict[str, Any]:
+    """Validate the config, resolve every checkpoint, check they can be fused, open the MLflow run."""
+    run = Run(conf, run_id)
+    cfg = run.cfg
+    if max_generations is not None and cfg.generations > max_generations:
+        raise ConfigError(f"generations: {cfg.generations} exceeds this DAG's maximum of {max_generations} (EVOLVER_MAX_GENERATIONS)")
+    if max_rounds is not None and rounds_needed(cfg) > max_rounds:
+        raise ConfigError(
+            f"schedule: sequential with {run.n} models needs {run.n} rounds per generation; this DAG has {max_rounds} (EVOLVER_MAX_ROUNDS)"
+        )
+    existing = run.store.get_json_or_none("run.json")
+    if existing is not None:
+        return {"models": existing["models"], "mlflow_run_id": existing["mlflow_run_id"]}
+
+    from tasks import modelpool, tracking
+
+    folders = [modelpool.resolve(source) for source in cfg.models]
+    modelpool.check_compatible(folders)
+    names = modelpool.mergeable_names(folders[0], cfg.exclude)
+    for folder in folders:
+        modelpool.check_finite(folder, names)
+    label2id, num_labels = modelpool.labels(folders[0])
+    mlflow_run_id = tracking.start_run(cfg, run.key, tags)
+    record = {
+        "models": [str(f) for f in folders],
+        "names": names,
+        "label2id": label2id,
+        "num_labels": num_labels,
+        "mlflow_run_id": mlflow_run_id,
+        "config": cfg.resolved(),
+    }
+    run.store.put_json("run.json", record)
+    return {"models": record["models"], "mlflow_run_id": mlflow_run_id}
+
+
+# -- init_population ---------------------------------------------------------------------------------------
+
+
+def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Tokenise the dev and held-out data once, and copy each member's evolvable tensors into the store."""
+    run = Run(conf, run_id)
+    done = run.store.get_json_or_none("init.json")
+    if done is not None:
+        return done
+    from transformers import AutoTokenizer
+
+    from tasks import modelpool, taskpool
+
+    record, cfg = run.record, run.cfg
+    tokenizer = AutoTokenizer.from_pretrained(record["models"][0])
+    sets = {"dev": cfg.data.dev, **{f"heldout/{name}": source for name, source in cfg.data.heldout.items()}}
+    sizes = {}
+    for name, source in sets.items():
+        encoded = taskpool.encode(
+            source,
+            tokenizer=tokenizer,
+            text_column=cfg.data.text_column,
+            label_column=cfg.data.label_column,
+            label2id=record["label2id"],
+            num_labels=record["num_labels"],
+            max_length=cfg.data.max_length,
+        )
+        run.store.put_tensors(f"data/{name}.safetensors", encoded)
+        sizes[name] = len(encoded["labels"])
+    members = []
+    for i, folder in enumerate(record["models"]):
+        key = f"members/init/ind={i}.safetensors"
+        run.store.put_tensors(key, dict(modelpool.iter_tensors(Path(folder), record["names"])))
+        members.append(key)
+    done = {"members": members, "examples": sizes}
+    run.store.put_json("init.json", done)
+    return done
+
+
+# -- make_offspring ---------------------------------------------------------------------------------------
+
+
+def _initial_state(run: Run) -> dict[str, Any]:
+    members = run.store.get_json("init.json")["members"]
+    return {"generation": 0, "members": members, "fitness": None, "merged_fitness": None, "lineage": [], "evaluations": 0}
+
+
+def _state_before(run: Run, generation: int, round_: int) -> dict[str, Any] | None:
+    """The population a round starts from, or None when the round is not needed."""
+    if generation == 0:
+        return _initial_state(run) if round_ == 0 else None
+    if round_ == 0:
+        previous = run.store.get_json_or_none(f"gen={generation - 1}/population.json")
+        if previous is None:
+            raise StoreError(f"generation {generation - 1} of run {run.key} has not completed")
+        return previous
+    state = run.store.get_json_or_none(f"gen={generation}/round={round_ - 1}/state.json")
+    if state is None or state["done"]:
+        return None
+    return state
+
+
+def _write_offspring(run: Run, generation: int, target: int, reference: int, members: list[str]) -> str:
+    from tasks import evolve
+
+    key = f"gen={generation}/ind={target}/offspring.safetensors"
+    if run.store.exists(key):
+        return key
+    cfg = run.cfg
+    offspring = {}
+    with run.store.open_tensors(members[target]) as x_i, run.store.open_tensors(members[reference]) as x_r:
+        for name in run.record["names"]:
+            offspring[name] = evolve.offspring_tensor(
+                x_i.get_tensor(name), x_r.get_tensor(name), F=cfg.F, CR=cfg.CR, seed=cfg.seed, generation=generation, individual=target, name=name
+            )
+    run.store.put_tensors(key, offspring)
+    return key
+
+
+def _candidate(run: Run, state: dict[str, Any], generation: int, target: int) -> dict[str, Any]:
+    from tasks import evolve
+
+    cfg = run.cfg
+    reference = evolve.choose_reference(
+        target=target, n=run.n, fitness=state["fitness"], mode=cfg.mode, generation=generation, generations=cfg.generations, seed=cfg.seed
+    )
+    child = _write_offspring(run, generation, target, reference, state["members"])
+    members = [child] if cfg.mode == "plain" else _replace(state["members"], {target: child})
+    return {"targets": [target], "reference": reference, "offspring": child, "members": members}
+
+
+def _replace(members: list[str], replacements: dict[int, str]) -> list[str]:
+    return [replacements.get(i, key) for i, key in enumerate(members)]
+
+
+def make_offspring(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> list[dict[str, Any]] | None:
+    """Write the round's offspring and candidates; return its (candidate, shard) work items, or None to skip."""
+    run = Run(conf, run_id)
+    cfg = run.cfg
+    if generation > cfg.generations or round_ >= (1 if generation == 0 else rounds_needed(cfg)):
+        return None
+    state = _state_before(run, generation, round_)
+    if state is None:
+        return None
+    prefix = f"gen={generation}/round={round_}"
+    plan = run.store.get_json_or_none(f"{prefix}/candidates.json")
+    if plan is None:
+        if generation == 0:
+            if cfg.mode == "plain":
+                candidates = [{"targets": [i], "reference": None, "members": [m]} for i, m in enumerate(state["members"])]
+            else:
+                candidates = [{"targets": [], "reference": None, "members": state["members"]}]
+        elif cfg.schedule == "sequential":
+            from tasks import evolve
+
+            target = evolve.visit_order(cfg.seed, generation, run.n)[round_]
+            candidates = [_candidate(run, state, generation, target)]
+        elif round_ == 0:
+            candidates = [_candidate(run, state, generation, i) for i in range(run.n)]
+        else:  # generational merge, round 1: every improver of round 0 applied together
+            pending = state["pending"]
+            candidates = [
+                {"targets": [p["target"] for p in pending], "reference": None, "members": _replace(state["members"], {p["target"]: p["offspring"] for p in pending})}
+            ]
+        plan = {"generation": generation, "round": round_, "candidates": candidates}
+        run.store.put_json(f"{prefix}/candidates.json", plan)
+    return [
+        {"generation": generation, "round": round_, "candidate": c, "shard": s}
+        for c in range(len(plan["candidates"]))
+        for s in range(cfg.shards)
+    ]
+
+
+# -- evaluate ---------------------------------------------------------------------------------------------
+
+
+def _weights(run: Run, members: list[str]) -> dict[str, Any]:
+    """The evolvable tensors of a candidate: one member as is, or the merge of several."""
+    if len(members) == 1:
+        return run.store.get_tensors(members[0])
+    from contextlib import ExitStack
+
+    from tasks.merge import get_merger
+
+    merger = get_merger(run.cfg.merger)
+    with ExitStack() as stack:
+        readers = [stack.enter_context(run.store.open_tensors(key)) for key in members]
+        return {name: merger(name, [reader.get_tensor(name) for reader in readers]) for name in run.record["names"]}
+
+
+def _scored_model(run: Run, members: list[str]):
+    from tasks import modelpool
+
+    device = modelpool.pick_device(run.cfg.device)
+    return modelpool.model_with(Path(run.record["models"][0]), _weights(run, members), device)
+
+
+def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) -> list[list[int]]:
+    from tasks import taskpool
+
+    data = run.store.get_tensors(data_key)
+    rows = taskpool.shard_range(len(data["labels"]), run.cfg.data.batch_size, shards, shard)
+    return taskpool.confusion(model, data, rows, batch_size=run.cfg.data.batch_size, num_labels=run.record["num_labels"])
+
+
+def evaluate(conf: dict[str, Any], run_id: str, item: dict[str, Any]) -> dict[str, Any]:
+    """Score one candidate on one dev shard; the result is the shard's confusion counts."""
+    run = Run(conf, run_id)
+    g, r, c, s = item["generation"], item["round"], item["candidate"], item["shard"]
+    key = f"gen={g}/round={r}/cand={c}/shard={s}.json"
+    if run.store.exists(key):
+        return {"key": key}
+    candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
+    matrix = _confusion(run, _scored_model(run, candidate["members"]), "data/dev.safetensors", s, run.cfg.shards)
+    run.store.put_json(key, {"confusion": matrix, "item": item})
+    return {"key": key}
+
+
+# -- select -----------------------------------------------------------------------------------------------
+
+
+def _fitness(run: Run, g: int, r: int, n_candidates: int) -> list[float]:
+    from tasks import taskpool
+
+    keys = [[f"gen={g}/round={r}/cand={c}/shard={s}.json" for s in range(run.cfg.shards)] for c in range(n_candidates)]
+    missing = [k for row in keys for k in row if not run.store.exists(k)]
+    if missing:
+        raise StoreError(f"select: {len(missing)} shard results missing in {run.store.uri}, e.g. {missing[0]}")
+    return [taskpool.metrics(taskpool.add_confusions([run.store.get_json(k)["confusion"] for k in row]))[run.cfg.metric] for row in keys]
+
+
+def select(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> dict[str, Any]:
+    """Apply the acceptance rule to the round's scores; write the next state (and the generation's population)."""
+    from tasks import evolve, tracking
+
+    run = Run(conf, run_id)
+    cfg, g, r = run.cfg, generation, round_
+    before = _state_before(run, g, r)
+    plan = run.store.get_json(f"gen={g}/round={r}/candidates.json")
+    candidates = plan["candidates"]
+    scores = _fitness(run, g, r, len(candidates))
+    state = {**before, "generation": g, "lineage": list(before["lineage"]), "evaluations": before["evaluations"] + len(candidates)}
+    state["round_scores"] = (before.get("round_scores", []) if r > 0 else []) + scores
+    state["accepted"] = before.get("accepted", 0) if r > 0 else 0
+    state.pop("pending", None)
+    done = True
+
+    if g == 0:
+        if cfg.mode == "plain":
+            state["fitness"] = scores
+        else:
+            state["merged_fitness"] = scores[0]
+    elif r > 0 and cfg.schedule == "generational":
+        # All improvers together (candidate 0) against the best single improver already applied in `before`.
+        combined = candidates[0]
+        accepted = scores[0] > before["merged_fitness"]
+        if accepted:
+            state["members"], state["merged_fitness"] = combined["members"], scores[0]
+            state["accepted"] = len(combined["targets"])
+        for entry in state["lineage"]:
+            if entry["generation"] == g and entry["target"] in combined["targets"]:
+                entry["accepted"] = accepted or entry["accepted"]
+    else:
+        scored = [evolve.Scored(c["targets"][0], c["reference"], score) for c, score in zip(candidates, scores)]
+        by_target = {c["targets"][0]: c for c in candidates}
+        if cfg.mode == "plain":
+            accepted = evolve.plain_accepts(scored, state["fitness"])
+            state["fitness"] = list(state["fitness"])
+            for t in accepted:
+                state["members"] = _replace(state["members"], {t: by_target[t]["offspring"]})
+                state["fitness"][t] = scores[candidates.index(by_target[t])]
+        else:
+            improvers = evolve.merge_improvers(scored, state["merged_fitness"])
+            accepted = [improvers[0].target] if improvers else []
+            if improvers:
+                best = by_target[improvers[0].target]
+                state["members"], state["merged_fitness"] = best["members"], improvers[0].fitness
+            if len(improvers) > 1:  # generational: try them all together in the next round
+                done = False
+                state["pending"] = [{"target": i.target, "offspring": by_target[i.target]["offspring"]} for i in improvers]
+        state["accepted"] += len(accepted)
+        for sc in scored:
+            state["lineage"].append(
+                {
+                    "generation": g,
+                    "round": r,
+                    "target": sc.target,
+                    "reference": sc.reference,
+                    "seed": evolve.derive_seed(cfg.seed, g, sc.target),
+                    "fitness": sc.fitness,
+                    "accepted": sc.target in accepted,
+                }
+            )
+        if cfg.schedule == "sequential":
+            done = r == run.n - 1
+
+    state["done"] = done
+    run.store.put_json(f"gen={g}/round={r}/state.json", state)
+    if not done:
+        return {"generation": g, "round": r, "done": False}
+    record = generation_record(cfg, state)
+    tracking.log_generation(cfg, run.record["mlflow_run_id"], record)
+    run.store.put_json(f"gen={g}/population.json", state)  # the generation's completion marker, last
+    return {**record, "round": r, "done": True}
+
+
+def generation_record(cfg: EvolverConfig, state: dict[str, Any]) -> dict[str, Any]:
+    """best/mean fitness of a generation: the population's own scores in plain mode; in merge mode the merged
+    score (best) and the mean over the merged candidates evaluated in that generation."""
+    if cfg.mode == "plain":
+        best, mean = max(state["fitness"]), statistics.fmean(state["fitness"])
+    else:
+        best, mean = state["merged_fitness"], statistics.fmean(state["round_scores"])
+    return {
+        "generation": state["generation"],
+        "best_fitness": best,
+        "mean_fitness": mean,
+        "accepted": state.get("accepted", 0),
+        "evaluations": state["evaluations"],
+    }
+
+
+# -- finalize ---------------------------------------------------------------------------------------------
+
+
+def weights_sha256(state_dict: dict[str, Any]) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor, in sorted name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _report(run: Run, model) -> dict[str, Any]:
+    """Dev and held-out metrics of one model, plus the in-domain / out-of-domain means."""
+    from tasks import taskpool
+
+    dev = taskpool.metrics(_confusion(run, model, "data/dev.safetensors"))
+    heldout = {name: taskpool.metrics(_confusion(run, model, f"data/heldout/{name}.safetensors")) for name in run.cfg.data.heldout}
+    groups = {
+        "in_domain": [n for n in heldout if n not in run.cfg.data.out_of_domain],
+        "out_of_domain": [n for n in heldout if n in run.cfg.data.out_of_domain],
+    }
+    means = {
+        group: {m: statistics.fmean(heldout[n][m] for n in names) for m in ("accuracy", "macro_f1", "mcc")}
+        for group, names in groups.items()
+        if names
+    }
+    return {"dev": dev, "heldout": heldout, "heldout_mean": means}
+
+
+def finalize(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Fuse, evaluate on dev and held-out data, save the model, write the summary, close the MLflow run."""
+    from tasks import tracking
+
+    run = Run(conf, run_id)
+    done = run.store.get_json_or_none("final/summary.json")
+    if done is not None:
+        return done
+    cfg, record = run.cfg, run.record
+    population = run.store.get_json(f"gen={cfg.generations}/population.json")
+    members = population["members"]
+    if cfg.mode == "plain":
+        best = max(range(run.n), key=lambda i: (population["fitness"][i], -i))
+        members, fitness = [members[best]], population["fitness"][best]
+    else:
+        fitness = population["merged_fitness"]
+    model = _scored_model(run, members)
+    final = _report(run, model)
+    sha = weights_sha256(model.state_dict())
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        _save_model(model, Path(record["models"][0]), model_dir)
+        for file in sorted(model_dir.iterdir()):
+            run.store.put_file(f"final/model/{file.name}", file)
+        summary = {
+            "config": cfg.resolved(),
+            "run_key": run.key,
+            "generations": [generation_record(cfg, run.store.get_json(f"gen={g}/population.json")) for g in range(cfg.generations + 1)],
+            "lineage": population["lineage"],
+            "final": {**final, "fitness": fitness},
+            "baselines": _baselines(run) if cfg.baselines else {},
+            "fused_model_uri": f"{run.store.uri}/final/model",
+            "fused_model_sha256": sha,
+            "mlflow_run_id": record["mlflow_run_id"],
+        }
+        run.store.put_json("final/summary.json", summary)
+        tracking.finish_run(cfg, record["mlflow_run_id"], summary, model_dir)
+    return summary
+
+
+def _save_model(model, template: Path, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(template).save_pretrained(out)
+
+
+def _baselines(run: Run) -> dict[str, Any]:
+    """Each fine-tuned member on its own and the plain merge of all of them, on the same data."""
+    members = run.store.get_json("init.json")["members"]
+    names = [Path(folder).name for folder in run.record["models"]]
+    if len(set(names)) < len(names):
+        names = [f"model_{i}" for i in range(run.n)]
+    rows = {name: _report(run, _scored_model(run, [key])) for name, key in zip(names, members)}
+    rows[run.cfg.merger] = _report(run, _scored_model(run, members))
+    return rows
+

@@ -1,0 +1,138 @@
+"""The task pool: evaluation data, tokenised once per run, scored shard by shard into sufficient statistics.
+
+A shard's result is a confusion matrix; metrics come from the summed matrix, never from averaging
+per-shard scores (macro-F1 and Matthews correlation are not means). Shards are cut on batch boundaries,
+so every example is always evaluated in the same batch with the same neighbours and padding: a model's
+score is bit-identical for any number of shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.config import InputError
+
+_FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(InputError):
+    """A data source that cannot be read or labelled; raised before any model runs."""
+
+
+def read_source(source: str, text_column: str, label_column: str) -> tuple[list[str], list]:
+    """Texts and raw labels from a file, a `save_to_disk` folder or a hub dataset (`name` or `name:split`)."""
+    import datasets
+
+    path = Path(source).expanduser()
+    try:
+        if path.is_file():
+            fmt = _FILE_FORMATS.get(path.suffix.lower())
+            if fmt is None:
+                raise DataError(f"{source}: unknown file type {path.suffix!r}; use one of {sorted(_FILE_FORMATS)}")
+            extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+            table = datasets.load_dataset(fmt, data_files=str(path), split="train", **extra)
+        elif path.is_dir():
+            table = datasets.load_from_disk(str(path))
+            if isinstance(table, datasets.DatasetDict):
+                raise DataError(f"{source}: a DatasetDict; point at one split's folder")
+        elif source.startswith(("/", ".", "~")):
+            raise DataError(f"data source {source!r} does not exist")
+        else:
+            name, _, split = source.partition(":")
+            table = datasets.load_dataset(name, split=split or "validation")
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"data source {source!r} cannot be read: {err}") from None
+    missing = [c for c in (text_column, label_column) if c not in table.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; it has {table.column_names}")
+    return [str(t) for t in table[text_column]], list(table[label_column])
+
+
+def encode_labels(raw: Sequence, label2id: dict[str, int], num_labels: int, source: str) -> torch.Tensor:
+    """Integer labels pass through (checked against the label count); names go through the models' label2id."""
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw):
+        ids = [int(v) for v in raw]
+    else:
+        unknown = sorted({str(v) for v in raw} - set(label2id))
+        if unknown:
+            raise DataError(f"{source}: labels {unknown[:10]} are not in the models' label2id {sorted(label2id)}")
+        ids = [label2id[str(v)] for v in raw]
+    out_of_range = sorted({i for i in ids if not 0 <= i < num_labels})
+    if out_of_range:
+        raise DataError(f"{source}: label ids {out_of_range[:10]} outside 0..{num_labels - 1}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def encode(
+    sources: str | Sequence[str], *, tokenizer, text_column: str, label_column: str, label2id: dict[str, int], num_labels: int, max_length: int
+) -> dict[str, torch.Tensor]:
+    """Tokenise one evaluation set (sources concatenated) into padded tensors plus per-example lengths."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    texts, labels = [], []
+    for source in sources:
+        source_texts, raw = read_source(source, text_column, label_column)
+        if not source_texts:
+            raise DataError(f"{source}: no rows")
+        texts += source_texts
+        labels.append(encode_labels(raw, label2id, num_labels, source))
+    tokens = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+    attention_mask = tokens["attention_mask"].to(torch.int8)
+    return {
+        "input_ids": tokens["input_ids"].to(torch.int32),
+        "attention_mask": attention_mask,
+        "lengths": attention_mask.sum(1).to(torch.int32),
+        "labels": torch.cat(labels),
+    }
+
+
+def shard_range(n_examples: int, batch_size: int, shards: int, shard: int) -> range:
+    """Examples of one shard: a contiguous run of whole batches (batch boundaries never depend on `shards`)."""
+    n_batches = -(-n_examples // batch_size)
+    first, last = (n_batches * shard) // shards, (n_batches * (shard + 1)) // shards
+    return range(min(first * batch_size, n_examples), min(last * batch_size, n_examples))
+
+
+@torch.inference_mode()
+def confusion(model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range, *, batch_size: int, num_labels: int) -> list[list[int]]:
+    """Confusion-matrix counts (true label x predicted label) of `model` on the examples in `rows`."""
+    device = next(model.parameters()).device
+    counts = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    for start in range(rows.start, rows.stop, batch_size):
+        batch = slice(start, min(start + batch_size, rows.stop))
+        width = int(data["lengths"][batch].max())  # pad only to the longest example of this batch
+        logits = model(
+            input_ids=data["input_ids"][batch, :width].long().to(device),
+            attention_mask=data["attention_mask"][batch, :width].long().to(device),
+        ).logits
+        predicted = logits.argmax(-1).cpu()
+        truth = data["labels"][batch]
+        counts += torch.bincount(truth * num_labels + predicted, minlength=num_labels * num_labels).view(num_labels, num_labels)
+    return counts.tolist()
+
+
+def add_confusions(matrices: Sequence[Sequence[Sequence[int]]]) -> list[list[int]]:
+    return np.sum(np.asarray(matrices, dtype=np.int64), axis=0).tolist()
+
+
+def metrics(matrix: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Accuracy, macro-F1 and Matthews correlation (scikit-learn) from summed confusion counts."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    k = counts.shape[0]
+    truth = np.repeat(np.repeat(np.arange(k), k), counts.ravel())
+    predicted = np.repeat(np.tile(np.arange(k), k), counts.ravel())
+    if truth.size == 0:
+        raise DataError("no examples were evaluated")
+    return {
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
+        "mcc": float(matthews_corrcoef(truth, predicted)),
+        "n": int(truth.size),
+    }
