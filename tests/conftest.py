@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny real BERT checkpoints and CSV data, and an isolated Airflow home.
+
+Airflow reads its configuration when first imported, so the environment is set here, at import time.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="evolver-airflow-"))
+os.environ.update(
+    AIRFLOW_HOME=str(_AIRFLOW_HOME),
+    AIRFLOW__CORE__DAGS_FOLDER=str(Path(__file__).resolve().parents[1] / "dags"),
+    AIRFLOW__CORE__LOAD_EXAMPLES="False",
+    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+    EVOLVER_MAX_GENERATIONS="3",
+    EVOLVER_MAX_ROUNDS="3",
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    TRANSFORMERS_VERBOSITY="error",
+)
+
+from tests import tiny  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_population(tmp_path_factory):
+    return tiny.build(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def tiny_config(tiny_population, tmp_path):
+    """A valid run config over the tiny population, with its store and MLflow database in tmp_path."""
+    conf = {
+        "models": [str(m) for m in tiny_population["members"]],
+        "data": {
+            "dev": [str(p) for p in tiny_population["dev"]],
+            "heldout": {**{k: str(v) for k, v in tiny_population["test"].items()}, "ood": str(tiny_population["ood"])},
+            "out_of_domain": ["ood"],
+            "batch_size": 16,
+        },
+        "generations": 3,
+        "shards": 2,
+        "store": str(tmp_path / "store"),
+        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return path
