@@ -157,7 +157,9 @@ def pick_device(requested: str) -> torch.device:
 def template_model(folder: str, device: str) -> torch.nn.Module:
     """The first member loaded once per process; candidates are loaded into it with `load_state_dict`."""
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # one bar per task process is noise in Airflow's logs
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     return model.to(device).eval()
 

@@ -447,8 +447,8 @@ def finalize(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
             "fused_model_sha256": sha,
             "mlflow_run_id": record["mlflow_run_id"],
         }
-        run.store.put_json("final/summary.json", summary)
         tracking.finish_run(cfg, record["mlflow_run_id"], summary, model_dir)
+        run.store.put_json("final/summary.json", summary)  # the completion marker, last
     return summary
 
 

@@ -27,6 +27,7 @@ def read_source(source: str, text_column: str, label_column: str) -> tuple[list[
     """Texts and raw labels from a file, a `save_to_disk` folder or a hub dataset (`name` or `name:split`)."""
     import datasets
 
+    datasets.disable_progress_bars()
     path = Path(source).expanduser()
     try:
         if path.is_file():
