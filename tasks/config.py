@@ -9,7 +9,6 @@ This module must stay light (pydantic and yaml only): the DAG file imports it at
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -179,6 +178,3 @@ def param_schemas() -> dict[str, dict[str, Any]]:
             params[name]["default"] = field.get_default(call_default_factory=True)
     return params
 
-
-def dump_schema(path: str | Path) -> None:
-    Path(path).write_text(json.dumps(EvolverConfig.model_json_schema(), indent=2))

@@ -95,11 +95,10 @@ def check_compatible(folders: Sequence[Path]) -> None:
         )
 
 
-def _architecture(folder: Path) -> tuple[str, tuple[str, ...], int | None]:
+def _architecture(folder: Path) -> tuple[str, tuple[str, ...], int]:
+    """Model type, architectures and label count: what must agree beyond tensor names and shapes."""
     config = json.loads((folder / "config.json").read_text())
-    return config.get("model_type", "?"), tuple(config.get("architectures") or ()), config.get("num_labels") or len(
-        config.get("id2label") or {}
-    ) or None
+    return config.get("model_type", "?"), tuple(config.get("architectures") or ()), labels(folder)[1]
 
 
 def mergeable_names(folder: Path, exclude: Sequence[str]) -> list[str]:
@@ -112,24 +111,25 @@ def mergeable_names(folder: Path, exclude: Sequence[str]) -> list[str]:
     parameters = {name for name, _ in model.named_parameters()}
     stored = tensor_specs(folder)
     patterns = [re.compile(p) for p in exclude]
-    names = sorted(n for n in stored if n in parameters and not any(p.fullmatch(n) or p.search(n) for p in patterns))
+    names = sorted(n for n in stored if n in parameters and not any(p.search(n) for p in patterns))
     if not names:
         raise IncompatibleCheckpoints(f"{folder}: no parameter is left to evolve after exclude={list(exclude)}")
     return names
 
 
 def iter_tensors(folder: Path, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (name, tensor) one at a time, in the order given."""
+    """Yield (name, tensor) one at a time, in the order given; each file is opened once."""
+    from contextlib import ExitStack
+
     from safetensors import safe_open
 
-    wanted = set(names)
-    location = {}
-    for file in safetensors_files(folder):
-        with safe_open(str(file), framework="pt") as reader:
-            location.update({name: file for name in reader.keys() if name in wanted})
-    for name in names:
-        with safe_open(str(location[name]), framework="pt") as reader:
-            yield name, reader.get_tensor(name)
+    with ExitStack() as stack:
+        reader_of = {}
+        for file in safetensors_files(folder):
+            reader = stack.enter_context(safe_open(str(file), framework="pt"))
+            reader_of.update({name: reader for name in reader.keys()})
+        for name in names:
+            yield name, reader_of[name].get_tensor(name)
 
 
 def check_finite(folder: Path, names: Sequence[str]) -> None:
