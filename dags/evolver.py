@@ -8,12 +8,22 @@ population.
 
 **Flow**: `download_models` → `init_population` → `gen_00` (scores the initial population) → `gen_01` …
 each generation is one or more *rounds* of `make_offspring` → `evaluate` (mapped over candidate × dev
-shard) → `select` → `finalize` (fused model, held-out scores, MLflow run).
+shard) → `select` → `finalize` (fused model, held-out scores, MLflow artifacts) → `promote` (Model
+Registry: `challenger`, and `champion` if it beats the current one on this run's dev data).
 
 The DAG's shape is fixed when it is parsed: it has `EVOLVER_MAX_GENERATIONS` generation groups and
 `EVOLVER_MAX_ROUNDS` rounds in each (the sequential schedule needs one round per model, the generational
 one at most two). Rounds a run does not need are skipped. Every setting is a Param of the trigger form;
 its schema is the pipeline's config schema (`evolver schema`).
+
+**Recurring merges**: every YAML file in `EVOLVER_RECURRING_DIR` adds a DAG `evolver_<file stem>` with the
+same tasks, its file's `config` as the defaults, and either a `cron` schedule or an `asset` URI: the DAG then
+runs whenever a producer updates that asset, and an asset event whose `extra` carries `models` fuses exactly
+those checkpoints. Each run resolves its checkpoints afresh, fuses them and goes through the champion gate.
+
+**Object storage**: with `store: s3://…` the credentials and endpoint come from the Airflow connection
+`EVOLVER_AWS_CONN_ID` (default `aws_default`: login/password = key id/secret, extra `endpoint_url`,
+`region_name`) when it exists, else from the workers' environment.
 
 This file is wiring only: torch, transformers and mlflow are imported inside the tasks, by `tasks.stages`.
 """
@@ -25,7 +35,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import yaml
-from airflow.sdk import Param, dag, get_current_context, task, task_group
+from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import DownstreamTasksSkipped
 
 from tasks.config import param_schemas
@@ -35,13 +45,12 @@ MAX_ROUNDS = int(os.environ.get("EVOLVER_MAX_ROUNDS", "5"))
 # Evaluate tasks can be routed to GPU workers: an Airflow pool bounds how many run at once, a queue picks the workers.
 EVALUATE_POOL = os.environ.get("EVOLVER_EVALUATE_POOL", "default_pool")
 EVALUATE_QUEUE = os.environ.get("EVOLVER_EVALUATE_QUEUE", "default")
+RETRY_DELAY = timedelta(seconds=float(os.environ.get("EVOLVER_RETRY_DELAY_SECONDS", "20")))
+AWS_CONN_ID = os.environ.get("EVOLVER_AWS_CONN_ID", "aws_default")
 
 
-def _params() -> dict[str, Param]:
-    """One Param per config key; defaults from the YAML file named by EVOLVER_DEFAULT_CONFIG, if any."""
-    defaults = {}
-    if os.environ.get("EVOLVER_DEFAULT_CONFIG"):
-        defaults = yaml.safe_load(Path(os.environ["EVOLVER_DEFAULT_CONFIG"]).read_text()) or {}
+def _params(defaults: dict) -> dict[str, Param]:
+    """One Param per config key, with the given defaults where they set one."""
     params = {}
     for name, schema in param_schemas().items():
         schema = dict(schema)
@@ -52,7 +61,7 @@ def _params() -> dict[str, Param]:
 
 
 def _run() -> tuple[dict, str]:
-    """The run's config (the validated Params) and its run id."""
+    """The run's config (the validated Params, models overridden by a triggering asset event) and its run id."""
     context = get_current_context()
     conf = {key: value for key, value in context["params"].items()}
     unknown = sorted(set((context["dag_run"].conf or {})) - set(conf))
@@ -60,27 +69,83 @@ def _run() -> tuple[dict, str]:
         from tasks.config import ConfigError
 
         raise ConfigError(f"unknown config keys in the trigger conf: {unknown}")
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            if (event.extra or {}).get("models"):
+                conf["models"] = list(event.extra["models"])  # the checkpoints that just landed
+    if str(conf.get("store", "")).startswith("s3://"):
+        _aws_environment(AWS_CONN_ID)
     return conf, context["run_id"]
 
 
-@dag(
-    dag_id="evolver",
-    schedule=None,
-    catchup=False,
-    doc_md=__doc__,
-    tags=["evolver", "model-merging"],
-    params=_params(),
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
-    max_active_runs=4,
-)
-def evolver():
+def _identity() -> dict[str, str]:
+    """The calling task instance, as MLflow tags."""
+    ti = get_current_context()["ti"]
+    return {
+        "airflow.dag_id": ti.dag_id,
+        "airflow.run_id": ti.run_id,
+        "airflow.task_id": ti.task_id,
+        "airflow.try_number": str(ti.try_number),
+        "airflow.map_index": str(ti.map_index),
+    }
+
+
+def _aws_environment(conn_id: str) -> None:
+    """Export an Airflow AWS connection as the variables boto3 (the store and MLflow) reads."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return  # no connection: the worker's own environment (or instance role) applies
+    extra = conn.extra_dejson
+    values = {
+        "AWS_ACCESS_KEY_ID": conn.login,
+        "AWS_SECRET_ACCESS_KEY": conn.password,
+        "AWS_SESSION_TOKEN": extra.get("aws_session_token"),
+        "AWS_DEFAULT_REGION": extra.get("region_name"),
+        "AWS_ENDPOINT_URL_S3": extra.get("endpoint_url"),
+        "MLFLOW_S3_ENDPOINT_URL": extra.get("endpoint_url"),
+    }
+    os.environ.update({key: value for key, value in values.items() if value})
+
+
+def _mark_failed(context) -> None:
+    """DAG failure callback: the MLflow run of a failed DAG run is marked FAILED, not left RUNNING."""
+    from tasks import stages
+
+    conf = dict(context["params"])
+    if str(conf.get("store", "")).startswith("s3://"):
+        _aws_environment(AWS_CONN_ID)
+    stages.mark_failed(conf, context["run_id"])
+
+
+def build(dag_id: str, schedule, defaults: dict, tags: list[str]):
+    @dag(
+        dag_id=dag_id,
+        schedule=schedule,
+        catchup=False,
+        doc_md=__doc__,
+        tags=["evolver", "model-merging", *tags],
+        params=_params(defaults),
+        default_args={"retries": 2, "retry_delay": RETRY_DELAY},
+        max_active_runs=4,
+        on_failure_callback=_mark_failed,
+    )
+    def evolver():
+        _tasks()
+
+    return evolver()
+
+
+def _tasks() -> None:
     @task
     def download_models() -> dict:
         from tasks import stages
 
         conf, run_id = _run()
-        context = get_current_context()
-        tags = {"airflow.dag_id": context["dag"].dag_id, "airflow.run_id": run_id, "runner": "airflow"}
+        tags = {"airflow.dag_id": get_current_context()["dag"].dag_id, "airflow.run_id": run_id, "runner": "airflow"}
         return stages.download_models(conf, run_id, tags=tags, max_generations=MAX_GENERATIONS, max_rounds=MAX_ROUNDS)
 
     @task
@@ -107,20 +172,26 @@ def evolver():
         from tasks import stages
 
         get_current_context()["work_item"] = f"candidate {item['candidate']} shard {item['shard']}"
-        return stages.evaluate(*_run(), item)
+        return stages.evaluate(*_run(), item, _identity())
 
     @task
     def select(generation: int, round_: int) -> dict:
         from tasks import stages
 
-        return stages.select(*_run(), generation, round_)
+        return stages.select(*_run(), generation, round_, _identity())
 
     @task(trigger_rule="none_failed")
     def finalize() -> dict:
         from tasks import stages
 
-        summary = stages.finalize(*_run())
+        summary = stages.finalize(*_run(), _identity())
         return {"fused_model_uri": summary["fused_model_uri"], "fused_model_sha256": summary["fused_model_sha256"], "mlflow_run_id": summary["mlflow_run_id"]}
+
+    @task
+    def promote(_final: dict) -> dict:
+        from tasks import stages
+
+        return stages.promote(*_run(), _identity())
 
     def round_ids(generation: int, round_: int) -> list[str]:
         prefix = f"gen_{generation:02d}.round_{round_}"
@@ -155,6 +226,20 @@ def evolver():
         group = generation_group(generation)
         upstream >> group
         upstream = group
-    upstream >> finalize()
+    promote(upstream >> finalize())
 
-evolver()
+
+def _yaml(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+# The manually triggered DAG; EVOLVER_DEFAULT_CONFIG (a YAML config) fills its form.
+build("evolver", None, _yaml(os.environ["EVOLVER_DEFAULT_CONFIG"]) if os.environ.get("EVOLVER_DEFAULT_CONFIG") else {}, [])
+
+# Recurring merges: one DAG per YAML file {cron: "0 3 * * 1" | asset: "<uri>", config: {...}}.
+for _file in sorted(Path(os.environ.get("EVOLVER_RECURRING_DIR", "/nonexistent")).glob("*.yaml")):
+    _spec = _yaml(_file)
+    if bool(_spec.get("cron")) == bool(_spec.get("asset")):
+        raise ValueError(f"{_file}: set exactly one of `cron` or `asset`")
+    _schedule = _spec["cron"] if _spec.get("cron") else Asset(_spec["asset"])
+    build(f"evolver_{_file.stem}", _schedule, _spec.get("config") or {}, ["recurring"])

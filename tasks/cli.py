@@ -1,6 +1,7 @@
 """`evolver`: the in-process driver of the pipeline's stages (the Airflow DAG is the other one).
 
     evolver run CONFIG [--set key=value ...] [--output DIR] [--run-id ID]
+    evolver audit RUN_ID [--tracking-uri URI] [--verify] [--json]   # a run, from MLflow alone
     evolver schema            # the config's JSON schema (what the Airflow form validates)
 """
 
@@ -37,7 +38,10 @@ def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print) -> dict[str, Any
                     f"[{time.perf_counter() - started:6.1f}s] generation {generation:2d}: best {cfg.metric} "
                     f"{result['best_fitness']:.4f}, mean {result['mean_fitness']:.4f}, accepted {result['accepted']}"
                 )
-    return stages.finalize(conf, run_id)
+    summary = stages.finalize(conf, run_id)
+    promotion = stages.promote(conf, run_id)
+    log(f"model registry: {promotion['reason']}")
+    return {**summary, "promotion": promotion}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +52,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted)")
     run.add_argument("--output", type=Path, default=None, help="folder for summary.json (default: print only)")
     run.add_argument("--run-id", default=None, help="resume or repeat a run id (default: a new one)")
+    audit = commands.add_parser("audit", help="print a run's config, fitness, lineage, scores and artifacts from MLflow")
+    audit.add_argument("run_id", help="the MLflow run id (printed by `evolver run`, shown in the MLflow UI)")
+    audit.add_argument("--tracking-uri", default=EvolverConfig.model_fields["tracking_uri"].default, help="MLflow tracking URI")
+    audit.add_argument("--verify", action="store_true", help="re-score the downloaded fused model on the dev data")
+    audit.add_argument("--json", action="store_true", help="print JSON instead of text")
     commands.add_parser("schema", help="print the config's JSON schema")
     args = parser.parse_args(argv)
 
     if args.command == "schema":
         print(json.dumps(EvolverConfig.model_json_schema(), indent=2))
         return 0
+    if args.command == "audit":
+        return _audit(args)
     run_id = args.run_id or f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}"
     try:
         cfg = EvolverConfig.from_yaml(args.config, args.overrides)
@@ -67,6 +78,25 @@ def main(argv: list[str] | None = None) -> int:
     final = summary["final"]
     print(json.dumps({"run_id": run_id, "dev": final["dev"], "heldout_mean": final["heldout_mean"], "fused_model_sha256": summary["fused_model_sha256"], "mlflow_run_id": summary["mlflow_run_id"]}, indent=1))
     return 0
+
+
+def _audit(args) -> int:
+    from mlflow.exceptions import MlflowException
+
+    from tasks import audit
+
+    try:
+        report = audit.collect(args.run_id, args.tracking_uri)
+        if args.verify:
+            report["verify"] = audit.verify(report, args.tracking_uri)
+    except (MlflowException, InputError) as err:
+        print(f"evolver audit: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1, sort_keys=True) if args.json else audit.render(report))
+    if args.verify and not args.json:
+        check = report["verify"]
+        print(f"\nverify: dev {check['metric']} logged {check['logged']!r}, recomputed {check['recomputed']!r}: {'match' if check['match'] else 'MISMATCH'}")
+    return 0 if not args.verify or report["verify"]["match"] else 1
 
 
 if __name__ == "__main__":

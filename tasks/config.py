@@ -74,7 +74,9 @@ class EvolverConfig(_Strict):
     # generational: all offspring of a generation from one snapshot, evaluated at once.
     schedule: Literal["sequential", "generational"] = Field("generational", title="Schedule")
     # The paper's default is 15; each generation costs N evaluations (plus at most one in merge/generational).
-    generations: int = Field(15, ge=1, le=100, title="Generations")
+    # 0 evolves nothing: the output is the plain merge (or the best member in plain mode), i.e. the baseline,
+    # produced and scored by the same pipeline.
+    generations: int = Field(15, ge=0, le=100, title="Generations", description="0 = the plain merge baseline.")
     # Mutation scale, v = x_i + F (x_r - x_i). 0.5 is the paper's default; F > 1 extrapolates past the reference.
     F: float = Field(0.5, ge=0.0, le=2.0, title="F (mutation scale)")
     # Per-coordinate crossover rate: each coordinate takes the mutant with probability CR.
@@ -89,11 +91,15 @@ class EvolverConfig(_Strict):
     metric: Literal["accuracy", "macro_f1", "mcc"] = Field("macro_f1", title="Fitness metric")
     # Also report every member and the plain merge on the held-out sets (the rows of the result table).
     baselines: bool = Field(True, title="Report baselines")
-    # Where weights, statistics and records live. A folder or file:// URI (s3:// arrives with the S3 store).
-    store: str = Field("evolver-runs/store", title="Store", description="Folder or file:// URI for run state.")
+    # Where weights, statistics and records live: a folder, file:// or s3://bucket/prefix (endpoint and credentials
+    # from the environment, or from the Airflow connection `aws_default` under Airflow).
+    store: str = Field("evolver-runs/store", title="Store", description="Folder, file:// or s3://bucket/prefix for run state.")
     # MLflow tracking URI. The default is a local SQLite file with artifacts in a folder beside it.
     tracking_uri: str = Field("sqlite:///evolver-runs/mlflow.db", title="MLflow tracking URI")
     experiment: str = Field("evolver", title="MLflow experiment")
+    # The fused model becomes a version of this registered model with the alias `challenger`, and takes the alias
+    # `champion` only if it beats the current champion on this run's dev data. null registers nothing.
+    registered_model: str | None = Field("evolver-fused", title="Registered model", description="Model Registry name; null to skip.")
     # auto uses CUDA when present.
     device: Literal["auto", "cpu", "cuda"] = Field("auto", title="Device")
 

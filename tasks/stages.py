@@ -15,6 +15,10 @@ Store layout of one run (keys relative to `<store>/<run key>/`):
   gen=<g>/round=<r>/state.json               population after round r
   gen=<g>/population.json                    population after generation g (generation 0: the initial one)
   final/model/*, final/summary.json          the fused model and the run summary
+  final/promotion.json                       the champion gate's decision (the run's last marker)
+
+`context` arguments carry the orchestrator's identity of the calling task (Airflow DAG id, run id, task id,
+try number, map index) as MLflow tags; the CLI passes none.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from tasks import faults
 from tasks.config import ConfigError, EvolverConfig
 from tasks.store import Store, StoreError, open_store, run_key
 
@@ -43,10 +48,10 @@ class Run:
 
     @cached_property
     def record(self) -> dict[str, Any]:
-        try:
-            return self.store.get_json("run.json")
-        except StoreError:
-            raise StoreError(f"run {self.key} has no run.json in {self.store.uri}: run download_models first") from None
+        record = self.store.get_json_or_none("run.json")
+        if record is None:
+            raise StoreError(f"run {self.key} has no run.json in {self.store.uri}: run download_models first")
+        return record
 
     @property
     def n(self) -> int:
@@ -126,6 +131,7 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
         )
         run.store.put_tensors(f"data/{name}.safetensors", encoded)
         sizes[name] = len(encoded["labels"])
+    _log_datasets(run, sets)
     members = []
     for i, folder in enumerate(record["models"]):
         key = f"members/init/ind={i}.safetensors"
@@ -134,6 +140,17 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
     done = {"members": members, "examples": sizes}
     run.store.put_json("init.json", done)
     return done
+
+
+def _log_datasets(run: Run, sets: dict[str, Any]) -> None:
+    from tasks import taskpool, tracking
+
+    cfg = run.cfg
+    tables = {}
+    for name, source in sets.items():
+        description = source if isinstance(source, str) else " + ".join(source)
+        tables[name] = (description, taskpool.table(source, cfg.data.text_column, cfg.data.label_column))
+    tracking.log_datasets(cfg, run.record["mlflow_run_id"], tables)
 
 
 # -- make_offspring ---------------------------------------------------------------------------------------
@@ -262,7 +279,7 @@ def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) 
     return taskpool.confusion(model, data, rows, batch_size=run.cfg.data.batch_size, num_labels=run.record["num_labels"])
 
 
-def evaluate(conf: dict[str, Any], run_id: str, item: dict[str, Any]) -> dict[str, Any]:
+def evaluate(conf: dict[str, Any], run_id: str, item: dict[str, Any], context: dict[str, str] | None = None) -> dict[str, Any]:
     """Score one candidate on one dev shard; the result is the shard's confusion counts."""
     run = Run(conf, run_id)
     g, r, c, s = item["generation"], item["round"], item["candidate"], item["shard"]
@@ -271,24 +288,32 @@ def evaluate(conf: dict[str, Any], run_id: str, item: dict[str, Any]) -> dict[st
         return {"key": key}
     candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
     matrix = _confusion(run, _scored_model(run, candidate["members"]), "data/dev.safetensors", s, run.cfg.shards)
-    run.store.put_json(key, {"confusion": matrix, "item": item})
+    run.store.put_json(key, {"confusion": matrix, "item": item, "context": context or {}})
     return {"key": key}
 
 
 # -- select -----------------------------------------------------------------------------------------------
 
 
-def _fitness(run: Run, g: int, r: int, n_candidates: int) -> list[float]:
+def _fitness(run: Run, g: int, r: int, n_candidates: int) -> tuple[list[float], list[dict[str, str]]]:
+    """Each candidate's dev score from its summed shard counts, and who evaluated it (as tags)."""
     from tasks import taskpool
 
     keys = [[f"gen={g}/round={r}/cand={c}/shard={s}.json" for s in range(run.cfg.shards)] for c in range(n_candidates)]
     missing = [k for row in keys for k in row if not run.store.exists(k)]
     if missing:
         raise StoreError(f"select: {len(missing)} shard results missing in {run.store.uri}, e.g. {missing[0]}")
-    return [taskpool.metrics(taskpool.add_confusions([run.store.get_json(k)["confusion"] for k in row]))[run.cfg.metric] for row in keys]
+    scores, evaluated_by = [], []
+    for row in keys:
+        shards = [run.store.get_json(k) for k in row]
+        scores.append(taskpool.metrics(taskpool.add_confusions([s["confusion"] for s in shards]))[run.cfg.metric])
+        contexts = [s.get("context", {}) for s in shards]
+        tags = sorted({k for c in contexts for k in c if k in ("airflow.map_index", "airflow.try_number", "airflow.task_id")})
+        evaluated_by.append({f"evaluate.{k}": ",".join(str(c.get(k, "")) for c in contexts) for k in tags})
+    return scores, evaluated_by
 
 
-def select(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> dict[str, Any]:
+def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, context: dict[str, str] | None = None) -> dict[str, Any]:
     """Apply the acceptance rule to the round's scores; write the next state (and the generation's population)."""
     from tasks import evolve, tracking
 
@@ -297,7 +322,7 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> d
     before = _state_before(run, g, r)
     plan = run.store.get_json(f"gen={g}/round={r}/candidates.json")
     candidates = plan["candidates"]
-    scores = _fitness(run, g, r, len(candidates))
+    scores, evaluated_by = _fitness(run, g, r, len(candidates))
     state = {**before, "generation": g, "lineage": list(before["lineage"]), "evaluations": before["evaluations"] + len(candidates)}
     state["round_scores"] = (before.get("round_scores", []) if r > 0 else []) + scores
     state["accepted"] = before.get("accepted", 0) if r > 0 else 0
@@ -338,7 +363,7 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> d
                 done = False
                 state["pending"] = [{"target": i.target, "offspring": by_target[i.target]["offspring"]} for i in improvers]
         state["accepted"] += len(accepted)
-        for sc in scored:
+        for sc, evaluators in zip(scored, evaluated_by):
             state["lineage"].append(
                 {
                     "generation": g,
@@ -348,6 +373,7 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> d
                     "seed": evolve.derive_seed(cfg.seed, g, sc.target),
                     "fitness": sc.fitness,
                     "accepted": sc.target in accepted,
+                    "evaluated_by": evaluators,
                 }
             )
         if cfg.schedule == "sequential":
@@ -358,7 +384,9 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> d
     if not done:
         return {"generation": g, "round": r, "done": False}
     record = generation_record(cfg, state)
-    tracking.log_generation(cfg, run.record["mlflow_run_id"], record)
+    lineage = [entry for entry in state["lineage"] if entry["generation"] == g]
+    tracking.log_generation(cfg, run.record["mlflow_run_id"], record, lineage, context)
+    faults.point("select.after_tracking")
     run.store.put_json(f"gen={g}/population.json", state)  # the generation's completion marker, last
     return {**record, "round": r, "done": True}
 
@@ -412,8 +440,8 @@ def _report(run: Run, model) -> dict[str, Any]:
     return {"dev": dev, "heldout": heldout, "heldout_mean": means}
 
 
-def finalize(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Fuse, evaluate on dev and held-out data, save the model, write the summary, close the MLflow run."""
+def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = None) -> dict[str, Any]:
+    """Fuse, evaluate on dev and held-out data, save the model, write the summary, log it all to MLflow."""
     from tasks import tracking
 
     run = Run(conf, run_id)
@@ -447,7 +475,9 @@ def finalize(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
             "fused_model_sha256": sha,
             "mlflow_run_id": record["mlflow_run_id"],
         }
-        tracking.finish_run(cfg, record["mlflow_run_id"], summary, model_dir)
+        tracking.log_final(cfg, record["mlflow_run_id"], summary, model_dir)
+        tracking.set_tags(cfg, record["mlflow_run_id"], {f"finalize.{k}": v for k, v in (context or {}).items()})
+        faults.point("finalize.after_tracking")
         run.store.put_json("final/summary.json", summary)  # the completion marker, last
     return summary
 
@@ -469,3 +499,83 @@ def _baselines(run: Run) -> dict[str, Any]:
     rows[run.cfg.merger] = _report(run, _scored_model(run, members))
     return rows
 
+
+
+# -- promote ----------------------------------------------------------------------------------------------
+
+
+def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = None) -> dict[str, Any]:
+    """Register the fused model as `challenger`; it becomes `champion` only if it beats the current champion on
+    this run's dev data (the champion is re-scored here, so both see the same examples). Closes the MLflow run."""
+    from tasks import tracking
+
+    run = Run(conf, run_id)
+    done = run.store.get_json_or_none("final/promotion.json")
+    if done is not None:
+        return done
+    cfg = run.cfg
+    summary = run.store.get_json("final/summary.json")
+    mlflow_run_id = summary["mlflow_run_id"]
+    if cfg.registered_model is None:
+        decision = {"registered": False, "promoted": False, "reason": "registered_model is null: nothing registered"}
+    else:
+        version = tracking.register(cfg, mlflow_run_id)
+        challenger_score = summary["final"]["dev"][cfg.metric]
+        decision = {"registered": True, "model": cfg.registered_model, "version": version, "challenger_dev": challenger_score}
+        decision.update(_champion_gate(run, version, challenger_score))
+        if decision["promoted"]:
+            tracking.set_champion(cfg, version)
+    tracking.set_tags(
+        cfg,
+        mlflow_run_id,
+        {
+            "evolver.promoted": str(decision["promoted"]).lower(),
+            "evolver.promotion_reason": decision["reason"],
+            **({"evolver.model_version": decision["version"]} if decision["registered"] else {}),
+            **{f"promote.{k}": v for k, v in (context or {}).items()},
+        },
+    )
+    tracking.finish(cfg, mlflow_run_id)
+    run.store.put_json("final/promotion.json", decision)  # the run's last completion marker
+    return decision
+
+
+def _champion_gate(run: Run, version: str, challenger_score: float) -> dict[str, Any]:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tasks import modelpool, taskpool, tracking
+
+    cfg, metric = run.cfg, run.cfg.metric
+    current = tracking.champion(cfg)
+    if current is None:
+        return {"promoted": True, "champion_before": None, "reason": f"no champion yet: version {version} becomes champion"}
+    if str(current.version) == version:
+        return {"promoted": False, "champion_before": version, "reason": f"version {version} already is the champion"}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.download_model(cfg.tracking_uri, current.run_id, Path(tmp))
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    if model.config.num_labels != run.record["num_labels"] or {str(k): v for k, v in model.config.label2id.items()} != run.record["label2id"]:
+        reason = f"champion version {current.version} has other labels ({model.config.label2id}); it stays, compare by hand"
+        return {"promoted": False, "champion_before": str(current.version), "reason": reason}
+    model.to(modelpool.pick_device(cfg.device)).eval()
+    champion_score = taskpool.metrics(_confusion(run, model, "data/dev.safetensors"))[metric]
+    promoted = challenger_score > champion_score
+    verdict = "beats" if promoted else "does not beat"
+    reason = (
+        f"challenger version {version} dev {metric} {challenger_score:.4f} {verdict} champion version {current.version} "
+        f"{champion_score:.4f} on this run's dev data"
+    )
+    return {"promoted": promoted, "champion_before": str(current.version), "champion_dev": champion_score, "reason": reason}
+
+
+def mark_failed(conf: dict[str, Any], run_id: str) -> str | None:
+    """Mark the run's MLflow run FAILED (the DAG's failure callback); None when no MLflow run was opened yet."""
+    from tasks import tracking
+
+    run = Run(conf, run_id)
+    record = run.store.get_json_or_none("run.json")
+    if record is None:
+        return None
+    tracking.fail_run(run.cfg.tracking_uri, record["mlflow_run_id"])
+    return record["mlflow_run_id"]

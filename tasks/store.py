@@ -1,21 +1,25 @@
 """The run store: where weights, tokenised data, shard statistics and records live between stages.
 
 Only keys and small records travel between stages (and through Airflow's XCom); everything large is here.
-Keys are deterministic (`gen=3/round=0/cand=2/shard=1.json`), every write is atomic (a temporary file renamed
-into place), and a stage writes its completion record last, so a retried task either finds its outputs
-complete and returns, or rewrites them with identical content.
+Keys are deterministic (`gen=3/round=0/cand=2/shard=1.json`), every write is atomic, and a stage writes its
+completion record last, so a retried task either finds its outputs complete and returns, or rewrites them
+with identical content.
 
-`open_store(uri)` picks the implementation from the URI scheme; an S3 store drops in behind the same interface.
+`open_store(uri)` picks the implementation from the URI. A folder or `file://` URI gives a `LocalStore`, atomic
+by writing a temporary file and renaming it. `s3://bucket/prefix` gives an `S3Store` (AWS, MinIO or any
+S3-compatible server), atomic because an S3 PUT is, multipart uploads included; it is the store to use when
+Airflow workers run on different machines.
 """
-
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,18 @@ class StoreError(InputError):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def check_key(key: str) -> str:
+    """Keys are relative paths that stay inside the store, whatever the backend, so runs cannot clobber each other."""
+    if not key or key.startswith("/") or ".." in key.split("/"):
+        raise StoreError(f"store key {key!r} must be relative and stay inside the store")
+    return key
 
 
 class Store(ABC):
@@ -81,6 +97,9 @@ class Store(ABC):
     def scoped(self, prefix: str) -> Store:
         return _ScopedStore(self, prefix)
 
+    def _missing(self, key: str) -> StoreError:
+        return StoreError(f"missing object {key!r} in store {self.uri}")
+
 
 class LocalStore(Store):
     def __init__(self, root: str | Path):
@@ -92,9 +111,7 @@ class LocalStore(Store):
             raise StoreError(f"store {self.uri} cannot be created: {err}") from None
 
     def _path(self, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
-            raise StoreError(f"store key {key!r} must be relative and stay inside the store")
-        return self.root / key
+        return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
@@ -117,7 +134,182 @@ class LocalStore(Store):
     def local_path(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():
-            raise StoreError(f"missing object {key!r} in store {self.uri}")
+            raise self._missing(key)
+        return path
+
+
+MiB = 1024 * 1024
+
+# Error codes S3 and S3-compatible servers answer for an object or bucket that is not there.
+_NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
+_FORBIDDEN = {"403", "AccessDenied", "Forbidden"}
+
+
+def s3_client(*, connect_timeout: float = 10, read_timeout: float = 120, max_attempts: int = 8, retry_mode: str = "adaptive"):
+    """An S3 client configured by the environment alone, so a DAG can hand it an Airflow connection as variables.
+
+    boto3 resolves everything itself: the endpoint from AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL (AWS when
+    neither is set; a custom endpoint gets path-style addressing, which MinIO needs), credentials from
+    AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE or an instance role, the region
+    from AWS_DEFAULT_REGION. Each client gets a new session because boto3's default session keeps the credentials
+    it found first. The retry settings back off on throttling and 5xx answers.
+    """
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"max_attempts": max_attempts, "mode": retry_mode},
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def _error_code(err) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
+class S3Store(Store):
+    """Objects in an S3 bucket under a key prefix, with a verified local cache for `local_path`.
+
+    Every object carries the sha256 of its bytes in its metadata (`x-amz-meta-sha256`), recorded when it is
+    written and checked when it is read, so a truncated upload or a corrupted object is an error naming the key
+    rather than a silently wrong model. Objects written by other tools have no recorded sha256: they are read
+    unchecked, and `local_path` downloads them again each time since there is nothing to validate a cached copy by.
+    Objects from `multipart_threshold` up travel in parts of `multipart_chunksize`, several at a time.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        cache_dir: str | Path | None = None,
+        multipart_threshold: int = 64 * MiB,
+        multipart_chunksize: int = 64 * MiB,
+    ):
+        from boto3.s3.transfer import TransferConfig
+
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        if not bucket or "/" in bucket:
+            raise StoreError(f"store {self.uri}: an S3 store needs a bucket name (s3://bucket/prefix)")
+        cache_root = cache_dir or os.environ.get("EVOLVER_S3_CACHE") or "~/.cache/evolver/s3"
+        self.cache = Path(cache_root).expanduser() / bucket
+        self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize)
+        self.client = s3_client()
+        self.endpoint = self.client.meta.endpoint_url
+        self._check_bucket()
+
+    def _check_bucket(self) -> None:
+        """Fail in seconds, naming bucket and endpoint, instead of after minutes of retries inside a stage."""
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, NoCredentialsError, ParamValidationError
+        from botocore.exceptions import ConnectionError as EndpointUnreachable  # refused, DNS failure, connect timeout
+
+        quick = s3_client(connect_timeout=3, read_timeout=10, max_attempts=2, retry_mode="standard")
+        try:
+            quick.head_bucket(Bucket=self.bucket)
+            return
+        except ClientError as err:
+            if _error_code(err) in _NOT_FOUND:
+                problem = "does not exist"
+            elif _error_code(err) in _FORBIDDEN:
+                problem = "is forbidden to these credentials"
+            else:
+                problem = f"cannot be used: {err}"
+        except NoCredentialsError:
+            problem = "needs credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+        except ParamValidationError as err:
+            problem = f"is not a valid bucket name: {err}"
+        except (EndpointUnreachable, HTTPClientError) as err:
+            problem = f"is unreachable ({err}); AWS_ENDPOINT_URL_S3 sets the endpoint of MinIO or another S3-compatible server"
+        except BotoCoreError as err:
+            problem = f"cannot be used: {err}"
+        raise StoreError(f"store {self.uri}: bucket {self.bucket!r} at endpoint {self.endpoint} {problem}")
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def _errors(self, key: str):
+        """boto3's exceptions as StoreError naming key, store and endpoint (retries are spent by then)."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError, Boto3Error) as err:
+            code = _error_code(err) if isinstance(err, ClientError) else ""
+            if code in _NOT_FOUND:
+                raise self._missing(key) from None
+            # Without s3:ListBucket on the bucket, S3 answers 403 rather than 404 for a missing object.
+            hint = " (or missing, if the credentials lack s3:ListBucket)" if code in _FORBIDDEN else ""
+            raise StoreError(f"store {self.uri} at {self.endpoint}: object {key!r}{hint}: {err}") from err
+
+    def _verify(self, key: str, recorded: str | None, actual: str) -> None:
+        if recorded and recorded != actual:
+            raise StoreError(
+                f"object {key!r} in store {self.uri} is corrupt: its sha256 is {actual}, {recorded} was recorded at write"
+            )
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._upload(key, sha256_bytes(data), self.client.upload_fileobj, io.BytesIO(data))
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._upload(key, sha256_file(path), self.client.upload_file, str(path))
+
+    def _upload(self, key: str, sha: str, upload, source) -> None:
+        # The transfer manager switches to a multipart upload from the threshold on; metadata goes with either.
+        with self._errors(key):
+            upload(source, self.bucket, self._key(key), ExtraArgs={"Metadata": {"sha256": sha}}, Config=self.transfer)
+
+    def get_bytes(self, key: str) -> bytes:
+        # One GET gives body and metadata of the same version of the object.
+        with self._errors(key):
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            data = response["Body"].read()
+        self._verify(key, response["Metadata"].get("sha256"), sha256_bytes(data))
+        return data
+
+    def _head(self, key: str) -> dict | None:
+        """The object's HEAD answer, or None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        with self._errors(key):
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as err:
+                if _error_code(err) in _NOT_FOUND:
+                    return None
+                raise
+
+    def exists(self, key: str) -> bool:
+        return self._head(key) is not None
+
+    def local_path(self, key: str) -> Path:
+        """The cached copy when its sha256 matches the object's, else a fresh download, verified before it is used.
+
+        The download goes to a temporary file renamed into place, so a reader never sees half a file, and one that
+        has the previous copy open (safetensors maps it) keeps reading the old bytes.
+        """
+        head = self._head(key)
+        if head is None:
+            raise self._missing(key)
+        recorded = head["Metadata"].get("sha256")
+        path = self.cache / self._key(key)
+        if recorded and path.is_file() and sha256_file(path) == recorded:
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.close(fd)
+        try:
+            with self._errors(key):
+                self.client.download_file(self.bucket, self._key(key), tmp, Config=self.transfer)
+            self._verify(key, recorded, sha256_file(tmp))
+            os.replace(tmp, path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
         return path
 
 
@@ -148,14 +340,20 @@ class _ScopedStore(Store):
 
 
 def open_store(uri: str) -> Store:
-    if uri.startswith("file://"):
+    """The store behind a folder, a `file://` URI or an `s3://bucket/prefix` URI; an S3 bucket is checked at once."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return LocalStore(uri)
+    if scheme == "file":
         from urllib.parse import unquote, urlparse
 
         return LocalStore(unquote(urlparse(uri).path))
-    if "://" in uri:
-        scheme = uri.split("://", 1)[0]
-        raise StoreError(f"store {uri!r}: scheme {scheme}:// is not supported yet (use a folder or file://)")
-    return LocalStore(uri)
+    if scheme == "s3":
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise StoreError(f"store {uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+        return S3Store(bucket, prefix)
+    raise StoreError(f"store {uri!r}: scheme {scheme}:// is not supported (use a folder, file:// or s3://)")
 
 
 def run_key(run_id: str) -> str:

@@ -92,6 +92,17 @@ def encode(
     }
 
 
+def table(sources: str | Sequence[str], text_column: str, label_column: str):
+    """The raw rows of an evaluation set as a pandas frame (what MLflow records as a run input)."""
+    import pandas as pd
+
+    frames = []
+    for source in [sources] if isinstance(sources, str) else sources:
+        texts, raw = read_source(source, text_column, label_column)
+        frames.append(pd.DataFrame({text_column: texts, label_column: raw, "source": source}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def shard_range(n_examples: int, batch_size: int, shards: int, shard: int) -> range:
     """Examples of one shard: a contiguous run of whole batches (batch boundaries never depend on `shards`)."""
     n_batches = -(-n_examples // batch_size)

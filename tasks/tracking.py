@@ -1,23 +1,44 @@
-"""Everything MLflow: one run per pipeline run, per-generation metrics, final scores and artifacts.
+"""Everything MLflow: the audit trail of a pipeline run.
 
-Calls go through `MlflowClient` with explicit run ids, never through the fluent "active run", because
-under Airflow every task is a separate process. Each call is idempotent: the run is found again by its
-`evolver.run_key` tag, and a generation's metrics are not logged twice.
+One parent run per pipeline run, created by the first task and closed by the last (or marked FAILED by
+the DAG's failure callback). Under it:
+  params            the resolved config (flattened), and `config.json` as an artifact
+  inputs            the dev and held-out data sets (`log_inputs`, context `dev` / `heldout/<name>`)
+  metrics           best_fitness, mean_fitness, accepted, evaluations with step = generation;
+                    dev_*, heldout_<name>_*, in_domain_*, out_of_domain_* for the fused model
+  lineage.json      an MLflow table (generation, round, individual, reference, seed, fitness, accepted),
+                    one block of rows appended per generation
+  child runs        one per evaluated offspring, tagged with generation, individual and the Airflow identity
+                    (DAG id, run id, task, try number, map index) of the tasks that produced it
+  fitness_curve.png, summary.json, fused_model/  (safetensors, config, tokenizer: `from_pretrained` loads it)
+  registry          the fused model as a version of `registered_model`, alias `challenger`, and
+                    `champion` when it wins the gate (see `tasks.stages.promote`)
+
+Calls go through `MlflowClient` with explicit run ids, never the fluent "active run", because under Airflow
+every task is a separate process. Every call is idempotent so that a retried task never duplicates an entry:
+the run is found again by its `evolver.run_key` tag, child runs by their tags, each metric batch is logged in
+one call and only when absent, table rows only when their generation is absent, artifacts overwrite.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from tasks.config import EvolverConfig
 
 RUN_KEY_TAG = "evolver.run_key"
+LINEAGE_TABLE = "lineage.json"
+CHAMPION, CHALLENGER = "champion", "challenger"
+LINEAGE_COLUMNS = ("generation", "round", "individual", "reference", "seed", "fitness", "accepted")
 
 
-def _client(tracking_uri: str):
+def client_for(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     if tracking_uri.startswith("sqlite:///"):
@@ -58,11 +79,28 @@ def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def _log_json(client, run_id: str, name: str, record: Any) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(record, indent=1, sort_keys=True))
+        client.log_artifact(run_id, str(path))
+
+
+def _metrics(values: dict[str, float], step: int = 0) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in values.items()]
+
+
+# -- the parent run ---------------------------------------------------------------------------------------
+
+
 def start_run(cfg: EvolverConfig, run_key: str, tags: dict[str, str] | None = None) -> str:
     """The MLflow run of this pipeline run: found by its run-key tag, or created with the config as params."""
     from mlflow.entities import Param
 
-    client = _client(cfg.tracking_uri)
+    client = client_for(cfg.tracking_uri)
     experiment_id = _experiment_id(client, cfg.experiment, cfg.tracking_uri)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
     if found:
@@ -71,46 +109,178 @@ def start_run(cfg: EvolverConfig, run_key: str, tags: dict[str, str] | None = No
     params = [Param(k, v[:6000]) for k, v in sorted(_flatten(cfg.resolved()).items())]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
+    _log_json(client, run.info.run_id, "config.json", cfg.resolved())
     return run.info.run_id
 
 
-def log_generation(cfg: EvolverConfig, run_id: str, record: dict[str, Any]) -> None:
-    """best/mean fitness and accepted count at step = generation, once per generation."""
-    import time
+def log_datasets(cfg: EvolverConfig, run_id: str, tables: dict[str, tuple[str, Any]]) -> None:
+    """Record the data sets as run inputs: context -> (source description, pandas frame of text and label).
+    MLflow keeps one input per (digest, context), so a retry adds nothing."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
 
-    from mlflow.entities import Metric
+    inputs = []
+    for context, (source, frame) in tables.items():
+        with warnings.catch_warnings():  # a path is "ambiguous" between two equivalent local source kinds
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=source, name=context)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)]))
+    client_for(cfg.tracking_uri).log_inputs(run_id, datasets=inputs)
 
-    client = _client(cfg.tracking_uri)
+
+def set_tags(cfg: EvolverConfig, run_id: str, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    if tags:
+        client_for(cfg.tracking_uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+# -- per generation ---------------------------------------------------------------------------------------
+
+
+def read_lineage(client, run_id: str) -> list[dict[str, Any]]:
+    """The lineage table's rows, [] before the first generation has been logged."""
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if LINEAGE_TABLE not in names:
+        return []
+    with tempfile.TemporaryDirectory() as tmp:
+        table = json.loads(Path(client.download_artifacts(run_id, LINEAGE_TABLE, tmp)).read_text())
+    return [dict(zip(table["columns"], row)) for row in table["data"]]
+
+
+def log_generation(
+    cfg: EvolverConfig, run_id: str, record: dict[str, Any], lineage: list[dict[str, Any]], context: dict[str, str] | None = None
+) -> None:
+    """A finished generation: its child runs, its block of the lineage table, then its metrics (the marker)."""
+    client = client_for(cfg.tracking_uri)
     step = record["generation"]
     if any(m.step == step for m in client.get_metric_history(run_id, "best_fitness")):
         return
-    now = int(time.time() * 1000)
-    metrics = [Metric(key, float(record[key]), now, step) for key in ("mean_fitness", "accepted", "evaluations")]
-    # best_fitness goes last: it is the marker the check above reads.
-    metrics.append(Metric("best_fitness", float(record["best_fitness"]), now, step))
-    client.log_batch(run_id, metrics=metrics)
+    rows = [{column: entry[column if column != "individual" else "target"] for column in LINEAGE_COLUMNS} for entry in lineage]
+    evaluated_by = [entry.get("evaluated_by", {}) for entry in lineage]
+    _log_offspring_runs(client, run_id, step, rows, evaluated_by, context or {})
+    if rows and not any(row["generation"] == step for row in read_lineage(client, run_id)):
+        client.log_table(run_id, {column: [row[column] for row in rows] for column in LINEAGE_COLUMNS}, LINEAGE_TABLE)
+    values = {key: record[key] for key in ("mean_fitness", "accepted", "evaluations", "best_fitness")}
+    client.log_batch(run_id, metrics=_metrics(values, step))  # one call: all of them or none
 
 
-def finish_run(cfg: EvolverConfig, run_id: str, summary: dict[str, Any], model_dir: Path | None = None) -> None:
-    client = _client(cfg.tracking_uri)
-    final = summary["final"]
-    for metric, value in final["dev"].items():
-        client.log_metric(run_id, f"dev_{metric}", float(value))
+def _log_offspring_runs(
+    client, parent_id: str, generation: int, rows: list[dict[str, Any]], evaluated_by: list[dict[str, str]], context: dict[str, str]
+) -> None:
+    """One child run per evaluated offspring, so each can be found by generation and individual; tagged with the
+    Airflow identity of the select task (`context`) and of the evaluate tasks that scored it (`evaluated_by`)."""
+    from mlflow.entities import RunTag
+
+    parent = client.get_run(parent_id)
+    existing = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.`evolver.generation` = '{generation}'",
+        max_results=1000,
+    )
+    have = {(r.data.tags.get("evolver.round"), r.data.tags.get("evolver.individual")) for r in existing}
+    for row, evaluators in zip(rows, evaluated_by):
+        if (str(row["round"]), str(row["individual"])) in have:
+            continue
+        tags = {
+            "mlflow.parentRunId": parent_id,
+            RUN_KEY_TAG: parent.data.tags.get(RUN_KEY_TAG, ""),
+            **{f"evolver.{k}": json.dumps(row[k]) if not isinstance(row[k], str) else row[k] for k in LINEAGE_COLUMNS if k != "fitness"},
+            **context,
+            **evaluators,
+        }
+        child = client.create_run(parent.info.experiment_id, run_name=f"g{generation:02d}-r{row['round']}-ind{row['individual']}", tags=tags)
+        client.log_batch(child.info.run_id, metrics=_metrics({"fitness": row["fitness"]}, generation), tags=[RunTag("evolver.complete", "1")])
+        client.set_terminated(child.info.run_id, "FINISHED")
+
+
+# -- the end ----------------------------------------------------------------------------------------------
+
+
+def _fitness_curve_png(generations: list[dict[str, Any]], metric: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [g["generation"] for g in generations]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, [g["best_fitness"] for g in generations], marker="o", label="best (selected)")
+    ax.plot(steps, [g["mean_fitness"] for g in generations], marker=".", linestyle="--", label="mean of candidates")
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"dev {metric}")
+    ax.set_title("Evolver fitness")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def final_metrics(final: dict[str, Any]) -> dict[str, float]:
+    values = {f"dev_{metric}": value for metric, value in final["dev"].items()}
     for name, scores in final["heldout"].items():
-        for metric, value in scores.items():
-            client.log_metric(run_id, f"heldout_{name}_{metric}", float(value))
+        values.update({f"heldout_{name}_{metric}": value for metric, value in scores.items()})
     for group, scores in final.get("heldout_mean", {}).items():
-        for metric, value in scores.items():
-            client.log_metric(run_id, f"{group}_{metric}", float(value))
-    client.set_tag(run_id, "fused_model_sha256", summary["fused_model_sha256"])
+        values.update({f"{group}_{metric}": value for metric, value in scores.items()})
+    return values
+
+
+def log_final(cfg: EvolverConfig, run_id: str, summary: dict[str, Any], model_dir: Path) -> None:
+    """Scores of the fused model, the summary, the fitness curve and the model itself. The run stays open for
+    the promotion step."""
+    client = client_for(cfg.tracking_uri)
+    values = final_metrics(summary["final"])
+    if not all(key in client.get_run(run_id).data.metrics for key in values):
+        client.log_batch(run_id, metrics=_metrics(values))
+    set_tags(cfg, run_id, {"fused_model_sha256": summary["fused_model_sha256"]})
+    client.log_artifacts(run_id, str(model_dir), artifact_path="fused_model")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "summary.json"
-        path.write_text(json.dumps(summary, indent=1, sort_keys=True))
-        client.log_artifact(run_id, str(path))
-    if model_dir is not None:
-        client.log_artifacts(run_id, str(model_dir), artifact_path="fused_model")
-    client.set_terminated(run_id, "FINISHED")
+        png = Path(tmp) / "fitness_curve.png"
+        png.write_bytes(_fitness_curve_png(summary["generations"], cfg.metric))
+        client.log_artifact(run_id, str(png))
+    _log_json(client, run_id, "summary.json", summary)
+
+
+def register(cfg: EvolverConfig, run_id: str) -> str:
+    """The run's fused model as a version of `cfg.registered_model` with the alias `challenger`; its version."""
+    client = client_for(cfg.tracking_uri)
+    name = cfg.registered_model
+    if client.search_registered_models(filter_string=f"name = '{name}'"):
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    else:
+        client.create_registered_model(name, description="Fused models from evolver-pipeline runs.")
+        versions = []
+    version = versions[0] if versions else client.create_model_version(name, source=f"runs:/{run_id}/fused_model", run_id=run_id)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return str(version.version)
+
+
+def champion(cfg: EvolverConfig):
+    """The model version holding the `champion` alias, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client_for(cfg.tracking_uri).get_model_version_by_alias(cfg.registered_model, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def download_model(tracking_uri: str, run_id: str, dst: Path) -> Path:
+    """The `fused_model/` artifacts of a run, as a folder that `from_pretrained` loads."""
+    return Path(client_for(tracking_uri).download_artifacts(run_id, "fused_model", str(dst)))
+
+
+def set_champion(cfg: EvolverConfig, version: str) -> None:
+    client_for(cfg.tracking_uri).set_registered_model_alias(cfg.registered_model, CHAMPION, version)
+
+
+def finish(cfg: EvolverConfig, run_id: str) -> None:
+    client_for(cfg.tracking_uri).set_terminated(run_id, "FINISHED")
 
 
 def fail_run(tracking_uri: str, run_id: str) -> None:
-    _client(tracking_uri).set_terminated(run_id, "FAILED")
+    client = client_for(tracking_uri)
+    if client.get_run(run_id).info.status != "FINISHED":
+        client.set_terminated(run_id, "FAILED")

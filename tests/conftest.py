@@ -18,6 +18,8 @@ os.environ.update(
     AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
     EVOLVER_MAX_GENERATIONS="3",
     EVOLVER_MAX_ROUNDS="3",
+    EVOLVER_RETRY_DELAY_SECONDS="0",
+    EVOLVER_RECURRING_DIR=str(Path(__file__).resolve().parent / "dags" / "recurring"),
     HF_HUB_OFFLINE="1",
     HF_DATASETS_OFFLINE="1",
     TRANSFORMERS_VERBOSITY="error",
@@ -50,3 +52,4 @@ def tiny_config(tiny_population, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(conf))
     return path
+from tests.servers import mlflow_server, s3_bucket, s3_endpoint  # noqa: E402,F401

@@ -32,7 +32,7 @@ def test_plain_mode_never_loses_fitness(tiny_config, tmp_path, schedule):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("bogus=1", "bogus: unknown key"), ("F=2.5", "F:"), ("generations=0", "generations:")],
+    [("bogus=1", "bogus: unknown key"), ("F=2.5", "F:"), ("generations=-1", "generations:")],
 )
 def test_bad_config_fails_before_compute(tiny_config, tmp_path, capsys, override, message):
     assert main(["run", str(tiny_config), "--set", override]) == 2

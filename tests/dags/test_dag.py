@@ -1,28 +1,13 @@
 """The DAG: it parses cleanly, its Params carry the config schema, and a full run matches the CLI."""
 
 import json
-import subprocess
-import sys
 
-import pytest
 import yaml
-
-
-@pytest.fixture(scope="module")
-def dag():
-    import os
-
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ)
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
-    assert bag.import_errors == {}
-    return bag.dags["evolver"]
 
 
 def test_structure_params_and_retries(dag):
     ids = set(dag.task_dict)
-    assert {"download_models", "init_population", "finalize", "gen_00.round_0.evaluate", "gen_03.round_2.select"} <= ids
+    assert {"download_models", "init_population", "finalize", "promote", "gen_00.round_0.evaluate", "gen_03.round_2.select"} <= ids
     assert all(t.retries >= 2 for t in dag.tasks)
     assert dag.params.get_param("F").schema["maximum"] == 2
     assert dag.params.get_param("schedule").schema["enum"] == ["sequential", "generational"]
@@ -40,3 +25,11 @@ def test_dag_run_matches_cli(dag, tiny_config, tmp_path):
     from_cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert from_dag["final"]["dev"] == from_cli["final"]["dev"]
     assert from_dag["fused_model_sha256"] == from_cli["fused_model_sha256"]
+
+
+def test_recurring_merges_run_on_a_cron_or_when_checkpoints_land(dagbag):
+    weekly, on_checkpoints = dagbag.dags["evolver_weekly"], dagbag.dags["evolver_on_checkpoints"]
+    assert weekly.timetable.expression == "0 3 * * 1"
+    assert weekly.params.get_param("generations").value == 2  # the file's config is the form's default
+    assert on_checkpoints.timetable.asset_condition.uri == "s3://checkpoints/sentiment"
+    assert set(weekly.task_dict) == set(dagbag.dags["evolver"].task_dict)  # the same pipeline, champion gate included

@@ -1,0 +1,102 @@
+"""`evolver audit RUN_ID`: a pipeline run, reconstructed from MLflow alone.
+
+Nothing here reads the run store or Airflow: the config comes from the run's `config.json` artifact, the
+fitness per generation from metric histories, the lineage from its table, the model from `fused_model/`.
+`verify` goes one step further and re-scores the downloaded model on the dev data named in the config,
+which must reproduce the logged dev score exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks import tracking
+
+GENERATION_METRICS = ("best_fitness", "mean_fitness", "accepted", "evaluations")
+
+
+def collect(run_id: str, tracking_uri: str) -> dict[str, Any]:
+    client = tracking.client_for(tracking_uri)
+    run = client.get_run(run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = json.loads(Path(client.download_artifacts(run_id, "config.json", tmp)).read_text())
+    by_step: dict[int, dict[str, float]] = {}
+    for key in GENERATION_METRICS:
+        for metric in client.get_metric_history(run_id, key):
+            by_step.setdefault(metric.step, {"generation": metric.step})[key] = metric.value
+    final = {k: v for k, v in sorted(run.data.metrics.items()) if k not in GENERATION_METRICS}
+    # search results carry no aliases; fetching each version does.
+    versions = [client.get_model_version(v.name, v.version) for v in client.search_model_versions(f"run_id = '{run_id}'")]
+    return {
+        "run_id": run_id,
+        "run_name": run.info.run_name,
+        "status": run.info.status,
+        "config": config,
+        "generations": [by_step[step] for step in sorted(by_step)],
+        "lineage": tracking.read_lineage(client, run_id),
+        "final": final,
+        "promotion": {k.removeprefix("evolver."): v for k, v in run.data.tags.items() if k.startswith("evolver.promot")},
+        "artifact_uri": run.info.artifact_uri,
+        "artifacts": {a.path: f"{run.info.artifact_uri}/{a.path}" for a in client.list_artifacts(run_id)},
+        "registered": [{"name": v.name, "version": str(v.version), "aliases": list(v.aliases), "source": v.source} for v in versions],
+        "inputs": [
+            {"name": d.dataset.name, "digest": d.dataset.digest, "context": next((t.value for t in d.tags if t.key == "mlflow.data.context"), "")}
+            for d in run.inputs.dataset_inputs
+        ],
+    }
+
+
+def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
+    """Download the fused model from MLflow, re-score it on the config's dev data, compare with the logged score."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tasks import modelpool, taskpool
+    from tasks.config import EvolverConfig
+
+    cfg = EvolverConfig.from_dict(report["config"])
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.download_model(tracking_uri, report["run_id"], Path(tmp))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    model.to(modelpool.pick_device(cfg.device)).eval()
+    label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
+    data = taskpool.encode(
+        cfg.data.dev,
+        tokenizer=tokenizer,
+        text_column=cfg.data.text_column,
+        label_column=cfg.data.label_column,
+        label2id=label2id,
+        num_labels=model.config.num_labels,
+        max_length=cfg.data.max_length,
+    )
+    rows = range(len(data["labels"]))
+    scores = taskpool.metrics(taskpool.confusion(model, data, rows, batch_size=cfg.data.batch_size, num_labels=model.config.num_labels))
+    logged = report["final"][f"dev_{cfg.metric}"]
+    return {"metric": cfg.metric, "logged": logged, "recomputed": scores[cfg.metric], "match": scores[cfg.metric] == logged}
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = [f"run {report['run_id']} ({report['run_name']}), status {report['status']}", "", "config:"]
+    lines += [f"  {line}" for line in json.dumps(report["config"], indent=2, sort_keys=True).splitlines()]
+    lines += ["", "generation  best_fitness  mean_fitness  accepted  evaluations"]
+    for g in report["generations"]:
+        lines.append(
+            f"{g['generation']:10d}  {g.get('best_fitness', float('nan')):12.4f}  {g.get('mean_fitness', float('nan')):12.4f}"
+            f"  {int(g.get('accepted', 0)):8d}  {int(g.get('evaluations', 0)):11d}"
+        )
+    lines += ["", "lineage (generation round individual reference seed fitness accepted):"]
+    for row in report["lineage"]:
+        lines.append("  " + "  ".join(str(row[c]) if c != "fitness" else f"{row[c]:.4f}" for c in tracking.LINEAGE_COLUMNS))
+    lines += ["", "final scores:"] + [f"  {k:40s} {v:.4f}" for k, v in report["final"].items()]
+    lines += ["", "data sets:"] + [f"  {d['context']:24s} digest {d['digest']}" for d in report["inputs"]]
+    lines += ["", f"artifacts ({report['artifact_uri']}):"] + [f"  {uri}" for uri in report["artifacts"].values()]
+    lines += ["", "model registry:"] + [
+        f"  {v['name']} version {v['version']} aliases {v['aliases'] or '-'} source {v['source']}" for v in report["registered"]
+    ]
+    if report["promotion"]:
+        lines += [f"  promoted: {report['promotion'].get('promoted')}: {report['promotion'].get('promotion_reason', '')}"]
+    return "\n".join(lines)
