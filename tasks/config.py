@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.merge.registry import MERGER_NAMES
+from tasks.merge.params import MergeParams
+from tasks.merge.registry import MERGER_NAMES, METHODS
 
 
 class InputError(ValueError):
@@ -62,14 +63,17 @@ class DataConfig(_Strict):
 class EvolverConfig(_Strict):
     # Fine-tuned checkpoints of one base model: local folders or hub ids. At least two: the mutation needs a reference.
     models: list[str] = Field(..., min_length=2, title="Models", description="Fine-tuned checkpoints (local folders or hub ids).")
-    # The pre-trained model the members were fine-tuned from. Needed only by merging methods that use task vectors.
-    base_model: str | None = Field(None, title="Base model", description="Pre-trained checkpoint (optional).")
+    # The pre-trained model the members were fine-tuned from. Needed by the merging methods that work on task
+    # vectors (task_arithmetic, ties, dare); tensors it lacks (a fresh classification head) are averaged instead.
+    base_model: str | None = Field(None, title="Base model", description="Pre-trained checkpoint; needed by task_arithmetic, ties, dare.")
     data: DataConfig
     # plain: fitness of an individual is its own dev score, output is the best individual.
     # merge: fitness is the dev score of merge(population); output is merge(final population). Every published
     # configuration of the paper uses merge mode.
     mode: Literal["plain", "merge"] = Field("merge", title="Mode", description="plain: evolve individuals; merge: evolve inside a merging method.")
     merger: Literal[MERGER_NAMES] = Field("average", title="Merger", description="Merging method used in merge mode and as the baseline.")  # type: ignore[valid-type]
+    # Parameters of every registered method; only those of `merger` are used. Name only what you change.
+    merge_params: MergeParams = Field(default_factory=MergeParams, title="Merging method parameters")
     # sequential: the reference code's order, one offspring at a time (parallelism only over dev shards).
     # generational: all offspring of a generation from one snapshot, evaluated at once.
     schedule: Literal["sequential", "generational"] = Field("generational", title="Schedule")
@@ -114,6 +118,17 @@ class EvolverConfig(_Strict):
             except re.error as err:
                 raise ValueError(f"exclude pattern {pattern!r} is not a regex: {err}") from None
         return patterns
+
+    @model_validator(mode="after")
+    def _base_when_needed(self) -> EvolverConfig:
+        if METHODS[self.merger].needs_base and self.base_model is None:
+            raise ValueError(f"merger {self.merger} works on task vectors and needs base_model (the pre-trained checkpoint)")
+        return self
+
+    @property
+    def method_params(self):
+        """The parameters of the configured merging method."""
+        return getattr(self.merge_params, self.merger)
 
     # -- construction helpers -------------------------------------------------------------
 
@@ -181,6 +196,7 @@ def param_schemas() -> dict[str, dict[str, Any]]:
         params[name] = inline(prop)
         field = EvolverConfig.model_fields[name]
         if not field.is_required():
-            params[name]["default"] = field.get_default(call_default_factory=True)
+            default = field.get_default(call_default_factory=True)
+            params[name]["default"] = default.model_dump(mode="json") if isinstance(default, BaseModel) else default
     return params
 

@@ -117,6 +117,30 @@ def mergeable_names(folder: Path, exclude: Sequence[str]) -> list[str]:
     return names
 
 
+def base_names(base: Path, member: Path, names: Sequence[str]) -> dict[str, str]:
+    """member tensor name -> the base model's name for it, for every tensor the base has.
+
+    A bare pre-trained encoder stores `embeddings.word_embeddings.weight` where the task model has
+    `bert.embeddings.word_embeddings.weight`, so a name also matches with its first component dropped. Tensors
+    the base lacks (a freshly initialised head) are left out; a matched tensor of another shape is an error.
+    """
+    base_specs, member_specs = tensor_specs(base), tensor_specs(member)
+    mapping, problems = {}, []
+    for name in names:
+        candidates = [name, name.split(".", 1)[-1]]
+        found = next((c for c in candidates if c in base_specs), None)
+        if found is None:
+            continue
+        if base_specs[found][1] != member_specs[name][1]:
+            problems.append(f"{name}: base {base} has {found} of shape {list(base_specs[found][1])}, the members {list(member_specs[name][1])}")
+        mapping[name] = found
+    if problems:
+        raise IncompatibleCheckpoints(f"base_model does not fit the members:\n  " + "\n  ".join(problems))
+    if not mapping:
+        raise IncompatibleCheckpoints(f"base_model {base} shares no tensor with the members: is it their pre-trained model?")
+    return mapping
+
+
 def iter_tensors(folder: Path, names: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield (name, tensor) one at a time, in the order given; each file is opened once."""
     from contextlib import ExitStack

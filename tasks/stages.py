@@ -8,6 +8,9 @@ Store layout of one run (keys relative to `<store>/<run key>/`):
   run.json                                   resolved models, evolvable tensor names, labels, MLflow run id
   data/dev.safetensors, data/heldout/<name>.safetensors    tokenised once
   members/init/ind=<i>.safetensors           the fine-tuned members' evolvable tensors
+  base.safetensors                           the pre-trained tensors, for task-vector merges
+  stats/init/ind=<i>.safetensors             Fisher diagonals or Gram matrices of member i (statistic merges);
+  stats/gen=<g>/ind=<i>.safetensors          ...recomputed from generation g's population when asked to
   init.json                                  completion marker of init_population
   gen=<g>/ind=<i>/offspring.safetensors      offspring of individual i in generation g
   gen=<g>/round=<r>/candidates.json          what round r evaluates (members of each candidate)
@@ -88,11 +91,18 @@ def download_models(
     names = modelpool.mergeable_names(folders[0], cfg.exclude)
     for folder in folders:
         modelpool.check_finite(folder, names)
+    base, based = None, {}
+    if cfg.base_model is not None:
+        base = modelpool.resolve(cfg.base_model)
+        based = modelpool.base_names(base, folders[0], names)
+        modelpool.check_finite(base, list(based.values()))
     label2id, num_labels = modelpool.labels(folders[0])
     mlflow_run_id = tracking.start_run(cfg, run.key, tags)
     record = {
         "models": [str(f) for f in folders],
         "names": names,
+        "base_model": str(base) if base else None,
+        "base_names": based,
         "label2id": label2id,
         "num_labels": num_labels,
         "mlflow_run_id": mlflow_run_id,
@@ -137,6 +147,11 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
         key = f"members/init/ind={i}.safetensors"
         run.store.put_tensors(key, dict(modelpool.iter_tensors(Path(folder), record["names"])))
         members.append(key)
+    if record.get("base_model"):
+        renamed = {base_name: name for name, base_name in record["base_names"].items()}
+        tensors = modelpool.iter_tensors(Path(record["base_model"]), list(renamed))
+        run.store.put_tensors("base.safetensors", {renamed[base_name]: t for base_name, t in tensors})
+    _ensure_statistics(run, 0, members)
     done = {"members": members, "examples": sizes}
     run.store.put_json("init.json", done)
     return done
@@ -151,6 +166,42 @@ def _log_datasets(run: Run, sets: dict[str, Any]) -> None:
         description = source if isinstance(source, str) else " + ".join(source)
         tables[name] = (description, taskpool.table(source, cfg.data.text_column, cfg.data.label_column))
     tracking.log_datasets(cfg, run.record["mlflow_run_id"], tables)
+
+
+# -- merge statistics -------------------------------------------------------------------------------------
+
+
+def _statistics_keys(run: Run, generation: int) -> list[str] | None:
+    """Where the statistics used in `generation` live: computed once from the original members (the reference's
+    choice), or from the generation's starting population when the method's `recompute` is set."""
+    from tasks.merge import get_method
+
+    if get_method(run.cfg.merger).statistic is None:
+        return None
+    folder = f"gen={generation}" if generation > 0 and run.cfg.method_params.recompute else "init"
+    return [f"stats/{folder}/ind={i}.safetensors" for i in range(run.n)]
+
+
+def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
+    """Compute the statistic of every member on dev data, unless already stored."""
+    keys = _statistics_keys(run, generation)
+    if keys is None or all(run.store.exists(k) for k in keys):
+        return
+    from tasks import evolve, modelpool
+    from tasks.merge import get_method, statistics
+
+    cfg = run.cfg
+    compute = statistics.fisher_diagonals if get_method(cfg.merger).statistic == "fisher" else statistics.input_grams
+    data = run.store.get_tensors("data/dev.safetensors")
+    device = modelpool.pick_device(cfg.device)
+    for key, member in zip(keys, members):
+        if run.store.exists(key):
+            continue
+        model = modelpool.model_with(Path(run.record["models"][0]), run.store.get_tensors(member), device)
+        stats = compute(
+            model, data, run.record["names"], batches=cfg.method_params.batches, batch_size=cfg.data.batch_size, seed=evolve.derive_seed(cfg.seed, "statistics")
+        )
+        run.store.put_tensors(key, stats)
 
 
 # -- make_offspring ---------------------------------------------------------------------------------------
@@ -218,6 +269,8 @@ def make_offspring(conf: dict[str, Any], run_id: str, generation: int, round_: i
     state = _state_before(run, generation, round_)
     if state is None:
         return None
+    if cfg.mode == "merge" and round_ == 0:
+        _ensure_statistics(run, generation, state["members"])
     prefix = f"gen={generation}/round={round_}"
     plan = run.store.get_json_or_none(f"{prefix}/candidates.json")
     if plan is None:
@@ -250,25 +303,44 @@ def make_offspring(conf: dict[str, Any], run_id: str, generation: int, round_: i
 # -- evaluate ---------------------------------------------------------------------------------------------
 
 
-def _weights(run: Run, members: list[str]) -> dict[str, Any]:
-    """The evolvable tensors of a candidate: one member as is, or the merge of several."""
+def _weights(run: Run, members: list[str], generation: int) -> dict[str, Any]:
+    """The evolvable tensors of a candidate: one member as is, or the merge of the population with the
+    configured method, one tensor at a time. Task-vector methods average the tensors the base lacks."""
     if len(members) == 1:
         return run.store.get_tensors(members[0])
     from contextlib import ExitStack
 
-    from tasks.merge import get_merger
+    from tasks import evolve
+    from tasks.merge import TensorGroup, get_method
 
-    merger = get_merger(run.cfg.merger)
+    cfg = run.cfg
+    method = get_method(cfg.merger)
+    merge, params = method.load(), cfg.method_params
+    average, average_params = get_method("average").load(), get_method("average").params()
     with ExitStack() as stack:
         readers = [stack.enter_context(run.store.open_tensors(key)) for key in members]
-        return {name: merger(name, [reader.get_tensor(name) for reader in readers]) for name in run.record["names"]}
+        base = stack.enter_context(run.store.open_tensors("base.safetensors")) if method.needs_base else None
+        stat_keys = _statistics_keys(run, generation)
+        stats = [stack.enter_context(run.store.open_tensors(key)) for key in stat_keys] if stat_keys else None
+        merged = {}
+        for name in run.record["names"]:
+            group = TensorGroup(name, [reader.get_tensor(name) for reader in readers], seed=evolve.derive_seed(cfg.seed, "merge", name))
+            if method.needs_base and name not in run.record["base_names"]:
+                merged[name] = average(group, average_params)
+                continue
+            if base is not None:
+                group.base = base.get_tensor(name)
+            if stats is not None and name in stats[0].keys():
+                group.stats = [reader.get_tensor(name) for reader in stats]
+            merged[name] = merge(group, params)
+        return merged
 
 
-def _scored_model(run: Run, members: list[str]):
+def _scored_model(run: Run, members: list[str], generation: int):
     from tasks import modelpool
 
     device = modelpool.pick_device(run.cfg.device)
-    return modelpool.model_with(Path(run.record["models"][0]), _weights(run, members), device)
+    return modelpool.model_with(Path(run.record["models"][0]), _weights(run, members, generation), device)
 
 
 def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) -> list[list[int]]:
@@ -287,7 +359,7 @@ def evaluate(conf: dict[str, Any], run_id: str, item: dict[str, Any], context: d
     if run.store.exists(key):
         return {"key": key}
     candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
-    matrix = _confusion(run, _scored_model(run, candidate["members"]), "data/dev.safetensors", s, run.cfg.shards)
+    matrix = _confusion(run, _scored_model(run, candidate["members"], g), "data/dev.safetensors", s, run.cfg.shards)
     run.store.put_json(key, {"confusion": matrix, "item": item, "context": context or {}})
     return {"key": key}
 
@@ -456,7 +528,7 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
         members, fitness = [members[best]], population["fitness"][best]
     else:
         fitness = population["merged_fitness"]
-    model = _scored_model(run, members)
+    model = _scored_model(run, members, cfg.generations)
     final = _report(run, model)
     sha = weights_sha256(model.state_dict())
     with tempfile.TemporaryDirectory() as tmp:
@@ -495,8 +567,8 @@ def _baselines(run: Run) -> dict[str, Any]:
     names = [Path(folder).name for folder in run.record["models"]]
     if len(set(names)) < len(names):
         names = [f"model_{i}" for i in range(run.n)]
-    rows = {name: _report(run, _scored_model(run, [key])) for name, key in zip(names, members)}
-    rows[run.cfg.merger] = _report(run, _scored_model(run, members))
+    rows = {name: _report(run, _scored_model(run, [key], 0)) for name, key in zip(names, members)}
+    rows[run.cfg.merger] = _report(run, _scored_model(run, members, 0))
     return rows
 
 

@@ -1,33 +1,72 @@
-"""Name -> merging method.
+"""Name -> merging method (mergekit's shape: one small module per method, merging one tensor at a time).
 
-A method merges one parameter tensor at a time across the population (mergekit's shape), so that a merge
-never needs more than N copies of a single tensor in memory. Entries are import paths, not functions, so
-that `tasks.config` (imported by the DAG at parse time) can list the names without importing torch.
+A method merges one parameter tensor across the population at a time, so a merge never holds more than
+N copies of a single tensor. Implementations are import paths, loaded lazily: `tasks.config` imports this
+module at DAG-parse time and must not pay for torch.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel
+
+from tasks.merge.group import TensorGroup
+from tasks.merge.params import (
+    AverageParams,
+    DareParams,
+    FisherParams,
+    MergeParams,
+    RegMeanParams,
+    TaskArithmeticParams,
+    TiesParams,
+)
 
 if TYPE_CHECKING:
     import torch
 
 
-class TensorMerger(Protocol):
-    def __call__(self, name: str, tensors: list[torch.Tensor]) -> torch.Tensor: ...
+@dataclass(frozen=True)
+class MergeMethod:
+    name: str
+    impl: str  # "module:function"
+    params: type[BaseModel]
+    needs_base: bool  # works on task vectors theta_i - theta0: the caller must fill TensorGroup.base
+    statistic: Literal["fisher", "gram"] | None  # per-member statistic the caller must fill TensorGroup.stats with
+
+    def load(self) -> Callable[[TensorGroup, BaseModel], torch.Tensor]:
+        module, function = self.impl.split(":")
+        return getattr(importlib.import_module(module), function)
 
 
-_MERGERS: dict[str, str] = {
-    "average": "tasks.merge.average:merge_average",
+METHODS: dict[str, MergeMethod] = {
+    m.name: m
+    for m in (
+        MergeMethod("average", "tasks.merge.average:merge_average", AverageParams, needs_base=False, statistic=None),
+        MergeMethod("fisher", "tasks.merge.fisher:merge_fisher", FisherParams, needs_base=False, statistic="fisher"),
+        MergeMethod("regmean", "tasks.merge.regmean:merge_regmean", RegMeanParams, needs_base=False, statistic="gram"),
+        MergeMethod(
+            "task_arithmetic", "tasks.merge.task_arithmetic:merge_task_arithmetic", TaskArithmeticParams, needs_base=True, statistic=None
+        ),
+        MergeMethod("ties", "tasks.merge.ties:merge_ties", TiesParams, needs_base=True, statistic=None),
+        MergeMethod("dare", "tasks.merge.dare:merge_dare", DareParams, needs_base=True, statistic=None),
+    )
 }
 
-MERGER_NAMES: tuple[str, ...] = tuple(_MERGERS)
+MERGER_NAMES: tuple[str, ...] = tuple(METHODS)
+
+# MergeParams is written out by hand (for its titles and comments); a method added here without it fails at import.
+_fields = MergeParams.model_fields
+if list(_fields) != list(METHODS) or any(_fields[name].annotation is not method.params for name, method in METHODS.items()):
+    raise RuntimeError("tasks.merge.params.MergeParams must have one field per registered method, typed with its params")
 
 
-def get_merger(name: str) -> TensorMerger:
+def get_method(name: str) -> MergeMethod:
     try:
-        module_name, attr = _MERGERS[name].split(":")
+        return METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown merger {name!r}; registered: {', '.join(MERGER_NAMES)}") from None
-    return getattr(importlib.import_module(module_name), attr)
+        raise ValueError(f"unknown merging method {name!r}; registered: {', '.join(MERGER_NAMES)}") from None
+

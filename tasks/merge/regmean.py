@@ -1,0 +1,33 @@
+"""RegMean: the linear layer that best reproduces every member's outputs on its own inputs.
+
+For a weight W_i (out x in) with input Gram matrix G_i = X_i^T X_i / n_i, minimising sum_i ||X_i W^T - X_i W_i^T||^2
+gives W^T = (sum_i G_i)^-1 sum_i G_i W_i^T. Scaling each G_i's off-diagonal by alpha (G_i' = alpha G_i + (1-alpha)
+diag(G_i)) regularises towards the average; alpha=1 is the exact least squares. The solve runs in float64:
+Gram matrices of transformer activations are badly conditioned. Tensors without a Gram matrix (biases,
+embeddings, LayerNorm) are averaged.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tasks.merge.average import mean
+from tasks.merge.group import TensorGroup
+from tasks.merge.params import RegMeanParams
+
+
+def merge_regmean(group: TensorGroup, params: RegMeanParams) -> torch.Tensor:
+    first = group.tensors[0]
+    if group.stats is None or first.dim() != 2:
+        return mean(group.tensors).to(first.dtype)
+    gram_sum = torch.zeros(first.shape[1], first.shape[1], dtype=torch.float64, device=first.device)
+    rhs = torch.zeros(first.shape[1], first.shape[0], dtype=torch.float64, device=first.device)
+    for weight, gram in zip(group.tensors, group.stats, strict=True):
+        gram = gram.to(device=first.device, dtype=torch.float64)
+        gram = params.alpha * gram + (1 - params.alpha) * torch.diag(torch.diagonal(gram))
+        gram_sum += gram
+        rhs += gram @ weight.to(torch.float64).T
+    solution, info = torch.linalg.solve_ex(gram_sum, rhs)
+    if info.item() != 0:  # singular: an input feature that is zero on every member's data; any solution fits
+        solution = torch.linalg.pinv(gram_sum) @ rhs
+    return solution.T.to(first.dtype)

@@ -1,0 +1,88 @@
+"""Per-member statistics for the statistic-weighted merges, computed once per member model on dev data.
+
+- Fisher diagonal ("hard" variant of the reference): per batch, the mean NLL of the model's own argmax
+  prediction is back-propagated and grad**2 * rows accumulated; divided by the total rows. No labels needed.
+- Gram matrices for RegMean: X^T X / rows of the inputs of every nn.Linear whose weight is covered, over
+  real tokens only (padding positions would otherwise pull the solution towards the pad embedding).
+
+Both use the first `batches` batches of a seeded permutation of the rows, each trimmed to its longest
+example as `taskpool.confusion` does, and leave the model as they found it: no hooks, no grads, the same
+requires_grad flags. Results are float32 on the CPU, keyed by parameter name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def _batches(
+    data: dict[str, torch.Tensor], *, batches: int, batch_size: int, seed: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input_ids, attention_mask) of the first `batches` batches of a seeded permutation, each cut to its longest row."""
+    order = torch.randperm(len(data["labels"]), generator=torch.Generator(device="cpu").manual_seed(seed))
+    for start in range(0, min(batches * batch_size, len(order)), batch_size):
+        rows = order[start : start + batch_size]
+        width = int(data["lengths"][rows].max())
+        yield data["input_ids"][rows, :width].long().to(device), data["attention_mask"][rows, :width].long().to(device)
+
+
+def fisher_diagonals(model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    params = dict(model.named_parameters())
+    flags = {name: p.requires_grad for name, p in params.items()}
+    covered = {name: params[name] for name in names if name in params}
+    device = next(model.parameters()).device
+    sums = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in covered.items()}
+    total = 0
+    try:
+        for name, p in params.items():  # gradients only where they are needed
+            p.requires_grad_(name in covered)
+            p.grad = None
+        with torch.enable_grad():
+            for input_ids, attention_mask in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
+                log_probs = model(input_ids=input_ids, attention_mask=attention_mask).logits.float().log_softmax(-1)
+                predicted = log_probs.argmax(-1)
+                torch.nn.functional.nll_loss(log_probs, predicted).backward()
+                rows = len(input_ids)
+                for name, p in covered.items():
+                    if p.grad is not None:  # a parameter the forward pass did not use (e.g. an unused pooler)
+                        sums[name] += p.grad.float() ** 2 * rows
+                        p.grad = None
+                total += rows
+    finally:
+        for name, p in params.items():
+            p.grad = None
+            p.requires_grad_(flags[name])
+    return {name: (s / max(total, 1)).cpu() for name, s in sums.items()}
+
+
+@torch.no_grad()
+def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+    wanted = set(names)
+    linears = {f"{name}.weight": module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    layers = {name: module for name, module in linears.items() if name in wanted}
+    grams: dict[str, torch.Tensor] = {}
+    rows: dict[str, int] = dict.fromkeys(layers, 0)
+    mask: torch.Tensor | None = None  # the current batch's attention mask, read by the hooks
+
+    def hook(name: str):
+        def record(module, inputs, output):
+            x = inputs[0]
+            if x.dim() == 3 and x.shape[:2] == mask.shape:
+                x = x[mask.bool()]  # real tokens only
+            x = x.reshape(-1, x.shape[-1]).double()
+            grams[name] = grams.get(name, 0) + x.T @ x
+            rows[name] += len(x)
+
+        return record
+
+    device = next(model.parameters()).device
+    handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
+    try:
+        for input_ids, mask in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
+            model(input_ids=input_ids, attention_mask=mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (gram / rows[name]).float().cpu() for name, gram in grams.items()}

@@ -1,0 +1,42 @@
+"""TIES merging (Yadav et al. 2023): trim, elect sign, disjoint mean.
+
+1. Trim: keep each task vector's entries whose magnitude reaches its k-th largest, k = max(1, int(density * n))
+   (mergekit's count), zero the rest. Entries tied with the k-th are all kept, as in the paper's code
+   (`>= kth_value`): which of several equal entries to drop would otherwise be an arbitrary, device-dependent
+   choice (mergekit's argsort order); without ties exactly k are kept, as in mergekit. Trimming is per
+   tensor, as in mergekit (the paper's code ranks the whole model's task vector at once); one tensor at a
+   time is what keeps a merge at N copies of a single tensor.
+2. Elect: per coordinate, the sign of the summed trimmed task vectors (a zero sum elects +, as in mergekit).
+3. Disjoint mean: average only the entries whose sign agrees with the elected one; a coordinate with no
+   agreeing entry stays 0. Result: theta0 + lam * that.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tasks.merge.group import TensorGroup
+from tasks.merge.params import TiesParams
+from tasks.merge.task_arithmetic import task_vectors
+
+
+def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
+    if density >= 1:
+        return tau
+    k = max(1, int(density * tau.numel()))
+    threshold = tau.abs().flatten().topk(k).values[-1]  # values, unlike indices, do not depend on tie order
+    return tau * (tau.abs() >= threshold)
+
+
+def disjoint_merge(taus: list[torch.Tensor]) -> torch.Tensor:
+    """Steps 2 and 3 on already trimmed task vectors."""
+    stacked = torch.stack(taus)
+    elected = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
+    agree = stacked.sign() == elected
+    return (stacked * agree).sum(0) / agree.sum(0).clamp(min=1)
+
+
+def merge_ties(group: TensorGroup, params: TiesParams) -> torch.Tensor:
+    base, taus = task_vectors(group)
+    merged = disjoint_merge([trim(tau, params.density) for tau in taus])
+    return (base + params.lam * merged).to(group.tensors[0].dtype)
