@@ -78,6 +78,20 @@ def _run() -> tuple[dict, str]:
     return conf, context["run_id"]
 
 
+def _stage(name: str, *args):
+    """Run one pipeline stage for this DAG run. Bad input (config, checkpoints, data, store) fails the task at
+    once: a retry cannot fix it, and the message is the same every time."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tasks import stages
+    from tasks.config import InputError
+
+    try:
+        return getattr(stages, name)(*_run(), *args)
+    except InputError as err:
+        raise AirflowFailException(f"{type(err).__name__}: {err}") from err
+
+
 def _identity() -> dict[str, str]:
     """The calling task instance, as MLflow tags."""
     ti = get_current_context()["ti"]
@@ -142,56 +156,40 @@ def build(dag_id: str, schedule, defaults: dict, tags: list[str]):
 def _tasks() -> None:
     @task
     def download_models() -> dict:
-        from tasks import stages
-
-        conf, run_id = _run()
-        tags = {"airflow.dag_id": get_current_context()["dag"].dag_id, "airflow.run_id": run_id, "runner": "airflow"}
-        return stages.download_models(conf, run_id, tags=tags, max_generations=MAX_GENERATIONS, max_rounds=MAX_ROUNDS)
+        tags = {"airflow.dag_id": get_current_context()["dag"].dag_id, "airflow.run_id": get_current_context()["run_id"], "runner": "airflow"}
+        return _stage("download_models", tags, MAX_GENERATIONS, MAX_ROUNDS)
 
     @task
     def init_population(_models: dict) -> dict:
-        from tasks import stages
-
-        return stages.init_population(*_run())
+        return _stage("init_population")
 
     @task(trigger_rule="none_failed")
     def make_offspring(generation: int, round_: int, rest_of_generation: list[str], later_generations: list[str]) -> list[dict]:
-        from tasks import stages
-
-        conf, run_id = _run()
-        items = stages.make_offspring(conf, run_id, generation, round_)
+        items = _stage("make_offspring", generation, round_)
         if items is None:
             # Skip every task this run does not need in one go, rather than one dependency level per
             # scheduler pass: a run of 3 generations should not wait on hundreds of cascading skips.
-            past_the_end = generation > int(conf["generations"])
+            past_the_end = generation > int(get_current_context()["params"]["generations"])
             raise DownstreamTasksSkipped(tasks=rest_of_generation + (later_generations if past_the_end else []))
         return items
 
     @task(map_index_template="{{ work_item }}", pool=EVALUATE_POOL, queue=EVALUATE_QUEUE)
     def evaluate(item: dict) -> dict:
-        from tasks import stages
-
         get_current_context()["work_item"] = f"candidate {item['candidate']} shard {item['shard']}"
-        return stages.evaluate(*_run(), item, _identity())
+        return _stage("evaluate", item, _identity())
 
     @task
     def select(generation: int, round_: int) -> dict:
-        from tasks import stages
-
-        return stages.select(*_run(), generation, round_, _identity())
+        return _stage("select", generation, round_, _identity())
 
     @task(trigger_rule="none_failed")
     def finalize() -> dict:
-        from tasks import stages
-
-        summary = stages.finalize(*_run(), _identity())
+        summary = _stage("finalize", _identity())
         return {"fused_model_uri": summary["fused_model_uri"], "fused_model_sha256": summary["fused_model_sha256"], "mlflow_run_id": summary["mlflow_run_id"]}
 
     @task
     def promote(_final: dict) -> dict:
-        from tasks import stages
-
-        return stages.promote(*_run(), _identity())
+        return _stage("promote", _identity())
 
     def round_ids(generation: int, round_: int) -> list[str]:
         prefix = f"gen_{generation:02d}.round_{round_}"

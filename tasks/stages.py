@@ -69,7 +69,7 @@ def rounds_needed(cfg: EvolverConfig) -> int:
 
 
 def download_models(
-    conf: dict[str, Any], run_id: str, *, tags: dict[str, str] | None = None, max_generations: int | None = None, max_rounds: int | None = None
+    conf: dict[str, Any], run_id: str, tags: dict[str, str] | None = None, max_generations: int | None = None, max_rounds: int | None = None
 ) -> dict[str, Any]:
     """Validate the config, resolve every checkpoint, check they can be fused, open the MLflow run."""
     run = Run(conf, run_id)

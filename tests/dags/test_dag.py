@@ -33,3 +33,30 @@ def test_recurring_merges_run_on_a_cron_or_when_checkpoints_land(dagbag):
     assert weekly.params.get_param("generations").value == 2  # the file's config is the form's default
     assert on_checkpoints.timetable.asset_condition.uri == "s3://checkpoints/sentiment"
     assert set(weekly.task_dict) == set(dagbag.dags["evolver"].task_dict)  # the same pipeline, champion gate included
+
+
+def test_form_lists_exactly_the_registered_merging_methods(dag):
+    from tasks.merge import METHODS
+
+    assert dag.params.get_param("merger").schema["enum"] == list(METHODS)
+    per_method = dag.params.get_param("merge_params").schema["properties"]
+    assert set(per_method) == set(METHODS)
+    for name, method in METHODS.items():
+        assert set(per_method[name]["properties"]) == set(method.params.model_fields)
+    assert dag.params.get_param("generations").schema["minimum"] == 0
+
+
+def test_bad_input_fails_at_once_and_marks_the_mlflow_run_failed(dag, tiny_config, tmp_path):
+    from tasks import tracking
+
+    conf = yaml.safe_load(tiny_config.read_text())
+    unlabelled = tmp_path / "unlabelled.csv"
+    unlabelled.write_text("text,stars\ngreat book,5\n")
+    conf["data"]["dev"] = str(unlabelled)  # found by download_models, unreadable for init_population
+    run = dag.test(run_conf=conf)
+    assert run.state == "failed"
+    ti = run.get_task_instance("init_population")
+    assert ti.state == "failed" and ti.try_number == 1, "bad input must not be retried"
+    [record] = (tmp_path / "store").glob("manual*/run.json")
+    mlflow_run = tracking.client_for(conf["tracking_uri"]).get_run(json.loads(record.read_text())["mlflow_run_id"])
+    assert mlflow_run.info.status == "FAILED"

@@ -14,15 +14,21 @@ from tasks.cli import main
 
 
 def _keys(bucket: str, prefix: str) -> set[str]:
+    # boto3 here reads the variables the tasks exported from the Airflow connection.
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return {obj["Key"].removeprefix(prefix) for page in pages for obj in page.get("Contents", [])}
 
 
-def test_s3_store_and_mlflow_server_with_retried_tasks(dag, tiny_config, tmp_path, s3_bucket, mlflow_server, monkeypatch, capsys):
+def test_s3_store_and_mlflow_server_with_retried_tasks(dag, tiny_config, tmp_path, s3_bucket, s3_endpoint, mlflow_server, monkeypatch, capsys):
     conf = yaml.safe_load(tiny_config.read_text())
     conf.update(store=f"s3://{s3_bucket}/runs", tracking_uri=mlflow_server, experiment="production", baselines=False)
     monkeypatch.setenv("EVOLVER_INJECT_FAULTS", "select.after_tracking,finalize.after_tracking")
     monkeypatch.setenv("EVOLVER_FAULTS_STATE", str(tmp_path / "faults"))
+    # The tasks must find S3 through the Airflow connection `aws_default`, as on a shared deployment.
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    connection = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
 
     run = dag.test(run_conf=conf)
     assert run.state == "success"
@@ -37,6 +43,9 @@ def test_s3_store_and_mlflow_server_with_retried_tasks(dag, tiny_config, tmp_pat
     assert {f"gen={g}/ind={i}/offspring.safetensors" for g in range(1, generations + 1) for i in range(3)} <= keys
     assert {"final/summary.json", "final/promotion.json", "final/model/model.safetensors"} <= keys
     summary = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=f"runs/{run_key}/final/summary.json")["Body"].read())
+    for g in range(generations + 1):  # every generation's member set is complete in the store
+        population = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=f"runs/{run_key}/gen={g}/population.json")["Body"].read())
+        assert len(population["members"]) == 3 and set(population["members"]) <= keys
 
     # The audit trail: one entry per generation and offspring although select and finalize each ran twice.
     client = tracking.client_for(mlflow_server)

@@ -1,0 +1,426 @@
+"""The paper's comparison, reproduced offline: every row of ALGORITHM.md's result table, over several seeds.
+
+    python -m bench.run [--quick] [--name NAME] [--seeds 1 2 3] [--workdir DIR] [--results DIR]
+
+1. Population: all-MiniLM-L6-v2 fine-tuned once per in-domain Twitter domain (tasks.finetune, cached by
+   content in <workdir>/models), plus the multi-task reference fine-tuned on the union of their training data.
+2. Splits: tasks.corpora.write_splits with a fixed seed (SPLIT_SEED); fitness = the in-domain dev splits
+   concatenated; in-domain score = mean macro-F1 over the in-domain test splits; out-of-domain score = mean
+   macro-F1 over claritin tweets and drug reviews.
+3. Rows: every pipeline row is one `tasks.cli.run_pipeline` call (plain merges are `generations: 0`; the
+   individual members come from the plain-mode `generations: 0` run with `baselines: true`); the logit ensemble
+   and the multi-task model are scored with tasks.taskpool's encode / confusion / metrics.
+4. Seeds: the run seed (Evolver's draws, DARE's masks, the dev batches Fisher / RegMean statistics use).
+   Splits and fine-tuning are fixed (see bench/README.md), so rows that ignore the run seed have std 0.
+
+Results: <results>/<name>.json (every number per seed, machine, command), <name>.md, <name>_curves.png,
+<name>_bars.png. See bench/README.md for sizes, timings and how to run full size on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+SPLIT_SEED = 0
+SEQUENTIAL = "Evolver + average (sequential)"
+INDIVIDUAL_MEAN, INDIVIDUAL_BEST = "individual (mean)", "individual (best on dev)"
+ENSEMBLE, MULTITASK = "logit ensemble", "multi-task"
+
+# Sizes (see bench/README.md for the measurements behind them). Full: 5 members; dev 80 per domain keeps one
+# fitness evaluation near 2 s on 2 CPU cores, and G = 5 keeps the 8 Evolver runs per seed affordable.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "full": {
+        "in_domain": ["airline", "deflategate", "apple", "coachella", "self_driving"],
+        "out_of_domain": ["claritin", "drugreview"],
+        "train": 600,
+        "dev": 80,
+        "test": 200,
+        "ood_test": 300,
+        "epochs": 3,
+        "generations": 5,
+        "seeds": [1, 2, 3],
+    },
+    "quick": {
+        "in_domain": ["airline", "deflategate", "coachella"],
+        "out_of_domain": ["claritin", "drugreview"],
+        "train": 48,
+        "dev": 16,
+        "test": 24,
+        "ood_test": 24,
+        "epochs": 1,
+        "generations": 2,
+        "seeds": [1, 2],
+    },
+}
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- population -----------------------------------------------------------------------------------------
+
+
+def build_population(workdir: Path, sizes: dict[str, Any], log=_log) -> dict[str, Any]:
+    """Seeded splits and the fine-tuned members (one per in-domain domain) plus the multi-task model."""
+    from tasks.corpora import LABELS, minilm_folder, write_splits
+    from tasks.demo import LEARNING_RATE, MAX_LENGTH
+    from tasks.finetune import RECORD, finetune
+
+    started = time.perf_counter()
+    data = workdir / "data"
+    splits = write_splits(
+        data,
+        in_domain=sizes["in_domain"],
+        out_of_domain=sizes["out_of_domain"],
+        train=sizes["train"],
+        dev=sizes["dev"],
+        test=sizes["test"],
+        ood_test=sizes["ood_test"],
+        seed=SPLIT_SEED,
+    )
+    recipe = {"epochs": sizes["epochs"], "lr": LEARNING_RATE, "max_length": MAX_LENGTH, "batch_size": 32}
+    jobs = [(domain, data / domain / "train.csv", k) for k, domain in enumerate(sizes["in_domain"])]
+    jobs.append((MULTITASK, data / "multitask" / "train.csv", len(jobs)))
+    models = {}
+    for name, train_csv, seed in jobs:
+        folder = workdir / "models" / name.replace(" ", "_")
+        # Distinct seeds: distinct heads and batch orders, as for independently fine-tuned members.
+        finetune(train_csv, folder, base_model=minilm_folder(), labels=LABELS, seed=seed, log=log, **recipe)
+        record = json.loads((folder / RECORD).read_text())
+        models[name] = {"folder": str(folder), "train_rows": record["result"]["rows"], "finetune_s": record["result"]["seconds"], "device": record["result"]["device"]}
+        log(f"{name}: ready ({record['result']['seconds']:.0f}s of fine-tuning when it was trained)")
+    return {
+        "splits": splits,
+        "recipe": recipe,
+        "members": {d: models[d] for d in sizes["in_domain"]},
+        "multitask": models[MULTITASK],
+        "data": str(data),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any], name: str) -> dict[str, Any]:
+    """The run configuration every pipeline row starts from."""
+    from tasks.demo import MAX_LENGTH
+
+    data = Path(population["data"])
+    in_domain, ood = sizes["in_domain"], sizes["out_of_domain"]
+    return {
+        "models": [m["folder"] for m in population["members"].values()],
+        "data": {
+            "dev": [str(data / d / "dev.csv") for d in in_domain],
+            "heldout": {d: str(data / d / "test.csv") for d in [*in_domain, *ood]},
+            "out_of_domain": list(ood),
+            "max_length": MAX_LENGTH,
+            "batch_size": 64,
+        },
+        "mode": "merge",
+        "merger": "average",
+        "schedule": "generational",
+        "generations": sizes["generations"],
+        "F": 0.5,
+        "CR": 0.5,
+        "shards": 1,
+        "baselines": False,
+        "store": str(workdir / "store"),
+        "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+        "experiment": f"bench-{name}",
+        "registered_model": None,
+        "device": "auto",
+    }
+
+
+# -- pipeline rows --------------------------------------------------------------------------------------
+
+
+def pipeline_runs(generations: int) -> list[tuple[str, dict[str, Any]]]:
+    """(run name, config overrides) of every pipeline run of one seed, in the order they run."""
+    from tasks.merge.registry import MERGER_NAMES
+
+    runs = [("individuals", {"mode": "plain", "generations": 0, "baselines": True})]
+    runs += [(m, {"merger": m, "generations": 0}) for m in MERGER_NAMES]
+    runs.append(("Evolver (plain)", {"mode": "plain"}))
+    runs += [(f"Evolver + {m}", {"merger": m}) for m in MERGER_NAMES]
+    runs.append((SEQUENTIAL, {"merger": "average", "schedule": "sequential"}))
+    return [(name, {"generations": generations, **overrides}) for name, overrides in runs]
+
+
+def _scores(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one model: dev, held-out sets and their in-domain / out-of-domain means."""
+    return {
+        "dev_fitness": report["dev"]["macro_f1"],
+        "in_domain": report["heldout_mean"]["in_domain"]["macro_f1"],
+        "out_of_domain": report["heldout_mean"]["out_of_domain"]["macro_f1"],
+        "dev": report["dev"],
+        "heldout": report["heldout"],
+        "heldout_mean": report["heldout_mean"],
+    }
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def rows_of_run(name: str, summary: dict[str, Any], wall_s: float) -> dict[str, dict[str, Any]]:
+    """The result-table rows one pipeline run produces (two for the individuals' run, else one)."""
+    common = {"wall_s": round(wall_s, 1), "run_key": summary["run_key"], "mlflow_run_id": summary["mlflow_run_id"]}
+    if name == "individuals":
+        members = {member: _scores(report) for member, report in summary["baselines"].items()}
+        mean = {key: _mean(m[key] for m in members.values()) for key in ("dev_fitness", "in_domain", "out_of_domain")}
+        # The pipeline's own choice in plain mode: the best dev fitness, ties to the first member.
+        best = max(members, key=lambda m: members[m]["dev_fitness"])
+        shared = {**common, "note": "both individual rows come from one plain-mode generations: 0 run"}
+        return {
+            INDIVIDUAL_MEAN: {**mean, "members": members, **shared},
+            INDIVIDUAL_BEST: {**_scores(summary["final"]), "member": best, "fused_model_sha256": summary["fused_model_sha256"], **shared},
+        }
+    row = {**_scores(summary["final"]), "fitness": summary["final"]["fitness"], "fused_model_sha256": summary["fused_model_sha256"], **common}
+    if summary["config"]["generations"] > 0:
+        row["curve"] = [g["best_fitness"] for g in summary["generations"]]
+        row["evaluations"] = [g["evaluations"] for g in summary["generations"]]
+        row["accepted"] = [g["accepted"] for g in summary["generations"]]
+        if summary["config"]["schedule"] == "sequential":
+            row["curve_per_evaluation"] = per_evaluation_curve(summary)
+    return {name: row}
+
+
+def per_evaluation_curve(summary: dict[str, Any]) -> list[float]:
+    """Sequential schedule: best merged dev fitness after each evaluation (index 0 = the initial merge)."""
+    best = [summary["generations"][0]["best_fitness"]]
+    for entry in sorted(summary["lineage"], key=lambda e: (e["generation"], e["round"])):
+        best.append(max(best[-1], entry["fitness"]) if entry["accepted"] else best[-1])
+    return best
+
+
+def run_one(conf: dict[str, Any], run_id: str, *, keep_store: bool, summaries: Path, log=_log) -> tuple[dict[str, Any], float]:
+    """One pipeline run through the CLI driver; its summary is kept, its (large) store folder is not."""
+    from tasks.cli import run_pipeline
+    from tasks.config import EvolverConfig
+    from tasks.store import run_key
+
+    cfg = EvolverConfig.from_dict(conf)
+    started = time.perf_counter()
+    summary = run_pipeline(cfg, run_id, log=lambda line: log(f"  {run_id} {line}"))
+    wall = time.perf_counter() - started
+    summaries.mkdir(parents=True, exist_ok=True)
+    (summaries / f"{run_key(run_id)}.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
+    if not keep_store:  # offspring are 90 MB each: a full benchmark would otherwise leave tens of GB
+        shutil.rmtree(Path(conf["store"]) / run_key(run_id), ignore_errors=True)
+    return summary, wall
+
+
+# -- references: logit ensemble and multi-task model ------------------------------------------------------
+
+
+class LogitEnsemble:
+    """Averages its members' logits; called like a Hugging Face classifier (`.logits`), as taskpool expects."""
+
+    def __init__(self, models):
+        self.models = models
+
+    def parameters(self):
+        return self.models[0].parameters()
+
+    def __call__(self, **inputs):
+        import torch
+
+        return SimpleNamespace(logits=torch.stack([m(**inputs).logits for m in self.models]).mean(0))
+
+
+def evaluation_sets(conf: dict[str, Any]):
+    """The dev set and every held-out set of the run config, tokenised once with tasks.taskpool.encode."""
+    from transformers import AutoTokenizer
+
+    from tasks import modelpool, taskpool
+
+    data = conf["data"]
+    label2id, num_labels = modelpool.labels(Path(conf["models"][0]))
+    tokenizer = AutoTokenizer.from_pretrained(conf["models"][0])
+    sources = {"dev": data["dev"], **{f"heldout/{n}": s for n, s in data["heldout"].items()}}
+    return {
+        name: taskpool.encode(source, tokenizer=tokenizer, text_column="text", label_column="label", label2id=label2id, num_labels=num_labels, max_length=data["max_length"])
+        for name, source in sources.items()
+    }, num_labels
+
+
+def score_model(model, sets, num_labels: int, out_of_domain: list[str], batch_size: int) -> dict[str, Any]:
+    """The report the pipeline's finalize writes (dev, held-out, in/out-of-domain means), for any model."""
+    from tasks import taskpool
+
+    def one(data):
+        return taskpool.metrics(taskpool.confusion(model, data, range(len(data["labels"])), batch_size=batch_size, num_labels=num_labels))
+
+    heldout = {name.removeprefix("heldout/"): one(data) for name, data in sets.items() if name != "dev"}
+    groups = {"in_domain": [n for n in heldout if n not in out_of_domain], "out_of_domain": [n for n in heldout if n in out_of_domain]}
+    means = {g: {m: _mean(heldout[n][m] for n in names) for m in ("accuracy", "macro_f1", "mcc")} for g, names in groups.items()}
+    return {"dev": one(sets["dev"]), "heldout": heldout, "heldout_mean": means}
+
+
+def references(conf: dict[str, Any], population: dict[str, Any], log=_log) -> dict[str, dict[str, Any]]:
+    """The logit ensemble of the members and the multi-task model, scored on the pipeline's data."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tasks import modelpool
+
+    device = modelpool.pick_device(conf["device"])
+    sets, num_labels = evaluation_sets(conf)
+    ood, batch_size = conf["data"]["out_of_domain"], conf["data"]["batch_size"]
+
+    def load(folder):
+        return AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).to(device).eval()
+
+    rows = {}
+    started = time.perf_counter()
+    ensemble = LogitEnsemble([load(folder) for folder in conf["models"]])
+    rows[ENSEMBLE] = {**_scores(score_model(ensemble, sets, num_labels, ood, batch_size)), "wall_s": round(time.perf_counter() - started, 1)}
+    log(f"{ENSEMBLE}: in-domain {rows[ENSEMBLE]['in_domain']:.4f}, out-of-domain {rows[ENSEMBLE]['out_of_domain']:.4f}")
+    started = time.perf_counter()
+    scored = _scores(score_model(load(population["multitask"]["folder"]), sets, num_labels, ood, batch_size))
+    # Its cost includes its fine-tuning (recorded when it was trained; 0 here when it came from the cache).
+    rows[MULTITASK] = {**scored, "wall_s": round(time.perf_counter() - started + population["multitask"]["finetune_s"], 1)}
+    log(f"{MULTITASK}: in-domain {rows[MULTITASK]['in_domain']:.4f}, out-of-domain {rows[MULTITASK]['out_of_domain']:.4f}")
+    return rows
+
+
+# -- the benchmark ----------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = None, None
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    from bench import report
+
+    variant = "quick" if args.quick else "full"
+    sizes = {**VARIANTS[variant], "seeds": list(args.seeds or VARIANTS[variant]["seeds"])}
+    name = args.name or variant
+    workdir = (args.workdir or BENCH / "work" / variant).resolve()
+    results_dir = args.results.resolve()
+    started, started_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
+    log = _log
+    log(f"bench {name}: {variant} sizes, seeds {sizes['seeds']}, workdir {workdir}")
+
+    population = build_population(workdir, sizes, log)
+    (results_dir / "splits").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(population["data"]) / "splits.json", results_dir / "splits" / f"{name}.json")
+    conf0 = base_config(population, workdir, sizes, name)
+    result: dict[str, Any] = {
+        "name": name,
+        "variant": variant,
+        "command": shlex.join(["python", "-m", "bench.run", *argv]),
+        "started": started_at.isoformat(timespec="seconds"),
+        "machine": {**machine(), "loadavg_at_start": os.getloadavg()},
+        "sizes": sizes,
+        "split_seed": SPLIT_SEED,
+        "varied_per_seed": "the run seed only (Evolver's references, crossover masks and visit order; DARE's drop masks; the dev "
+        "batches Fisher / RegMean statistics are computed on). Splits (seed 0) and fine-tuning (member seed k) are fixed.",
+        "hyperparameters": {"F": conf0["F"], "CR": conf0["CR"], "generations": sizes["generations"], "merge_params": "tasks.merge.params defaults", "finetune": population["recipe"]},
+        "config_template": conf0,
+        "population": population,
+        "rows": {},
+        "complete": False,
+    }
+    run_stamp = started_at.strftime("%Y%m%dT%H%M%S")
+
+    def publish(plots: bool = False) -> None:
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        report.write(result, results_dir, plots=plots)
+
+    refs = references(conf0, population, log)
+    for row, values in refs.items():
+        # Fixed fine-tuning and no run seed: computed once; every seed gets the same numbers (std 0).
+        result["rows"][row] = {"seeded": False, "computed_once": True, "per_seed": {str(s): values for s in sizes["seeds"]}}
+    runs = pipeline_runs(sizes["generations"])
+    for seed in sizes["seeds"]:
+        for run_name, overrides in runs:
+            conf = {**conf0, **overrides, "seed": seed}
+            if "merger" in overrides and _needs_base(conf["merger"]):
+                conf["base_model"] = _minilm()
+            run_id = f"bench-{name}-{run_stamp}-s{seed}-{run_name}"
+            log(f"seed {seed}: {run_name}")
+            summary, wall = run_one(conf, run_id, keep_store=args.keep_stores, summaries=workdir / "summaries", log=log)
+            for row, values in rows_of_run(run_name, summary, wall).items():
+                entry = result["rows"].setdefault(row, {"seeded": _seeded(run_name), "per_seed": {}})
+                entry["per_seed"][str(seed)] = values
+                log(f"  {row}: dev {values['dev_fitness']:.4f}, in-domain {values['in_domain']:.4f}, out-of-domain {values['out_of_domain']:.4f} ({wall:.0f}s)")
+            publish()
+        publish(plots=True)
+    result["schedules"] = report.schedule_comparison(result)
+    result["complete"] = True
+    result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result["machine"]["loadavg_at_end"] = os.getloadavg()
+    publish(plots=True)
+    log(f"bench {name}: done in {result['wall_s']:.0f}s; results in {results_dir}")
+    return result
+
+
+def _minilm() -> str:
+    from tasks.corpora import minilm_folder
+
+    return str(minilm_folder())
+
+
+def _needs_base(merger: str) -> bool:
+    from tasks.merge.registry import METHODS
+
+    return METHODS[merger].needs_base
+
+
+def _seeded(run_name: str) -> bool:
+    """Whether the run seed can change the row: Evolver's draws, DARE's masks, the statistics' dev batches."""
+    return run_name.startswith("Evolver") or run_name in ("dare", "fisher", "regmean")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke sizes: 3 domains, tiny splits, 1 epoch, 2 generations, 2 seeds")
+    parser.add_argument("--name", default=None, help="results file stem (default: full or quick)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run seeds (default: 1 2 3; quick: 1 2)")
+    parser.add_argument("--workdir", type=Path, default=None, help="data, models, store, MLflow (default: bench/work/<variant>)")
+    parser.add_argument("--results", type=Path, default=BENCH / "results", help="where <name>.json/.md/_curves.png/_bars.png go")
+    parser.add_argument("--keep-stores", action="store_true", help="keep each run's store folder (offspring weights; large)")
+    args = parser.parse_args(argv)
+    for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():
+        os.environ.setdefault(key, value)
+    run_benchmark(args, argv)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
