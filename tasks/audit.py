@@ -53,10 +53,12 @@ def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
     """Download the fused model from MLflow, re-score it on the config's dev data, compare with the logged score."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool
     from tasks.config import EvolverConfig
 
+    hf_logging.disable_progress_bar()
     cfg = EvolverConfig.from_dict(report["config"])
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(tracking_uri, report["run_id"], Path(tmp))

@@ -156,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(summary))
     print()
     print(f"dev fitness per generation: {[round(g['best_fitness'], 4) for g in summary['generations']]}")
-    print(f"summary: {summary_path}\nMLflow run {summary['mlflow_run_id']}; open the UI with:")
+    promotion = json.loads((summary_path.parent / "promotion.json").read_text())
+    print(f"model registry: {promotion['reason']}")
+    print(f"summary: {summary_path}\nMLflow run {summary['mlflow_run_id']}; audit it, or open the UI:")
+    print(f"  {bin_dir / 'evolver'} audit {summary['mlflow_run_id']} --tracking-uri {conf['tracking_uri']} --verify")
     print(f"  {bin_dir / 'mlflow'} ui --backend-store-uri {conf['tracking_uri']}")
     print(f"demo finished in {time.perf_counter() - started:.0f}s")
     return 0

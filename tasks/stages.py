@@ -615,15 +615,17 @@ def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = 
 def _champion_gate(run: Run, version: str, challenger_score: float) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool, tracking
 
+    hf_logging.disable_progress_bar()
     cfg, metric = run.cfg, run.cfg.metric
     current = tracking.champion(cfg)
     if current is None:
         return {"promoted": True, "champion_before": None, "reason": f"no champion yet: version {version} becomes champion"}
-    if str(current.version) == version:
-        return {"promoted": False, "champion_before": version, "reason": f"version {version} already is the champion"}
+    if str(current.version) == version:  # only this run's own earlier try can have promoted its version
+        return {"promoted": True, "champion_before": version, "reason": f"version {version} is the champion (promoted by an earlier try of this run)"}
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(cfg.tracking_uri, current.run_id, Path(tmp))
         model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)

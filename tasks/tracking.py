@@ -39,7 +39,11 @@ LINEAGE_COLUMNS = ("generation", "round", "individual", "reference", "seed", "fi
 
 
 def client_for(tracking_uri: str):
+    import os
+
     from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per lineage read is log noise
 
     if tracking_uri.startswith("sqlite:///"):
         # MLflow creates the database file but not its folder.
@@ -104,13 +108,17 @@ def start_run(cfg: EvolverConfig, run_key: str, tags: dict[str, str] | None = No
     experiment_id = _experiment_id(client, cfg.experiment, cfg.tracking_uri)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_KEY_TAG}` = '{run_key}'", max_results=1)
     if found:
-        return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=run_key, tags={RUN_KEY_TAG: run_key, **(tags or {})})
+        run_id = found[0].info.run_id
+        if "config.json" in {a.path for a in client.list_artifacts(run_id)}:
+            return run_id  # complete: config.json is written last
+    else:
+        run_id = client.create_run(experiment_id, run_name=run_key, tags={RUN_KEY_TAG: run_key, **(tags or {})}).info.run_id
+    # Params may be logged again with the same values (a retry after a crash in between); MLflow accepts that.
     params = [Param(k, v[:6000]) for k, v in sorted(_flatten(cfg.resolved()).items())]
     for start in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[start : start + 100])
-    _log_json(client, run.info.run_id, "config.json", cfg.resolved())
-    return run.info.run_id
+        client.log_batch(run_id, params=params[start : start + 100])
+    _log_json(client, run_id, "config.json", cfg.resolved())
+    return run_id
 
 
 def log_datasets(cfg: EvolverConfig, run_id: str, tables: dict[str, tuple[str, Any]]) -> None:
