@@ -38,7 +38,7 @@ import yaml
 from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import DownstreamTasksSkipped
 
-from tasks.config import param_schemas
+from tasks.config import models_from_events, param_schemas
 
 MAX_GENERATIONS = int(os.environ.get("EVOLVER_MAX_GENERATIONS", "15"))
 MAX_ROUNDS = int(os.environ.get("EVOLVER_MAX_ROUNDS", "5"))
@@ -69,10 +69,10 @@ def _run() -> tuple[dict, str]:
         from tasks.config import ConfigError
 
         raise ConfigError(f"unknown config keys in the trigger conf: {unknown}")
-    for events in (context.get("triggering_asset_events") or {}).values():
-        for event in events:
-            if (event.extra or {}).get("models"):
-                conf["models"] = list(event.extra["models"])  # the checkpoints that just landed
+    events = [(event.timestamp, event.extra) for events in (context.get("triggering_asset_events") or {}).values() for event in events]
+    landed = models_from_events(events)
+    if landed is not None:
+        conf["models"] = landed  # the checkpoints that just landed
     if str(conf.get("store", "")).startswith("s3://"):
         _aws_environment(AWS_CONN_ID)
     return conf, context["run_id"]

@@ -152,6 +152,18 @@ class EvolverConfig(_Strict):
         return self.model_dump(mode="json")
 
 
+def models_from_events(events: list[tuple[Any, dict[str, Any]]]) -> list[str] | None:
+    """The checkpoints named by the newest checkpoint-landed event: (timestamp, extra) pairs, where a producer
+    puts `{"models": [...]}` in the extra. None when no event names any."""
+    named = sorted((when, extra["models"]) for when, extra in events if isinstance(extra, dict) and extra.get("models"))
+    if not named:
+        return None
+    models = named[-1][1]
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise ConfigError(f"asset event extra `models` must be a list of checkpoint names, got {models!r}")
+    return models
+
+
 def apply_override(raw: dict[str, Any], item: str) -> None:
     """Apply one `--set dotted.key=value` in place; the value is parsed as YAML (numbers, lists, null)."""
     if "=" not in item:

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import yaml
 
 
@@ -60,3 +61,27 @@ def test_bad_input_fails_at_once_and_marks_the_mlflow_run_failed(dag, tiny_confi
     [record] = (tmp_path / "store").glob("manual*/run.json")
     mlflow_run = tracking.client_for(conf["tracking_uri"]).get_run(json.loads(record.read_text())["mlflow_run_id"])
     assert mlflow_run.info.status == "FAILED"
+
+
+def test_checkpoint_events_name_the_models_to_fuse():
+    """The asset events a run is triggered by, built with Airflow's own classes, as a task sees them."""
+    from datetime import datetime, timezone
+
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+    from airflow.sdk.execution_time.context import TriggeringAssetEventsAccessor
+
+    from tasks.config import ConfigError, models_from_events
+
+    def event(day: int, extra: dict):
+        return AssetEventDagRunReferenceResult(
+            asset={"name": "s3://checkpoints/sentiment", "uri": "s3://checkpoints/sentiment", "extra": {}},
+            extra=extra, source_task_id=None, source_dag_id=None, source_run_id=None, source_map_index=None,
+            source_aliases=[], timestamp=datetime(2026, 11, day, tzinfo=timezone.utc),
+        )  # fmt: skip
+
+    accessor = TriggeringAssetEventsAccessor.build([event(3, {"models": ["ckpt/v3-a", "ckpt/v3-b"]}), event(1, {"models": ["old"]}), event(2, {})])
+    pairs = [(e.timestamp, e.extra) for events in accessor.values() for e in events]
+    assert models_from_events(pairs) == ["ckpt/v3-a", "ckpt/v3-b"]  # the newest naming event wins
+    assert models_from_events([(e.timestamp, e.extra) for e in [event(2, {})]]) is None
+    with pytest.raises(ConfigError, match="list of checkpoint names"):
+        models_from_events([(datetime.now(timezone.utc), {"models": "ckpt/a"})])
