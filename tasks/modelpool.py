@@ -30,7 +30,10 @@ _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
 def resolve(source: str) -> Path:
-    """A local snapshot of `source`: the folder itself, or a hub download (cached by huggingface_hub)."""
+    """A local snapshot of `source`: the folder itself, a checkpoint folder in object storage (`s3://bucket/path`,
+    downloaded to the verified S3 cache), or a hub download (cached by huggingface_hub; the latest revision)."""
+    if source.startswith("s3://"):
+        return _from_object_storage(source)
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -44,6 +47,17 @@ def resolve(source: str) -> Path:
         return Path(snapshot_download(repo_id=source, allow_patterns=_HUB_PATTERNS))
     except Exception as err:  # offline mode, unknown repo, network: one clear line either way
         raise ModelNotFound(f"model {source!r} is neither a local folder nor a reachable hub id: {err}") from None
+
+
+def _from_object_storage(source: str) -> Path:
+    from tasks.store import open_store
+
+    store = open_store(source.rstrip("/"))
+    files = [key for key in store.list_keys() if "/" not in key]  # the checkpoint's own files, not sub-folders
+    if "config.json" not in files:
+        raise ModelNotFound(f"model {source!r}: no config.json under that prefix; expected a checkpoint folder")
+    local = [store.local_path(key) for key in files]  # verified copies, all in one cache folder
+    return local[0].parent
 
 
 def safetensors_files(folder: Path) -> list[Path]:

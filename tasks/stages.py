@@ -6,6 +6,8 @@ outputs complete returns them, and one that is retried rewrites identical bytes.
 
 Store layout of one run (keys relative to `<store>/<run key>/`):
   run.json                                   resolved models, evolvable tensor names, labels, MLflow run id
+  template/*                                 the first member's files (config, tokenizer, weights): every
+                                             worker builds models from here, so workers share only the store
   data/dev.safetensors, data/heldout/<name>.safetensors    tokenised once
   members/init/ind=<i>.safetensors           the fine-tuned members' evolvable tensors
   base.safetensors                           the pre-trained tensors, for task-vector merges
@@ -60,6 +62,12 @@ class Run:
     def n(self) -> int:
         return len(self.cfg.models)
 
+    @cached_property
+    def template(self) -> Path:
+        """A local folder with the first member's files, fetched from the store (cached and verified on S3)."""
+        local = [self.store.local_path(f"template/{name}") for name in self.record["template"]]
+        return local[0].parent
+
 
 def rounds_needed(cfg: EvolverConfig) -> int:
     return len(cfg.models) if cfg.schedule == "sequential" else GENERATIONAL_ROUNDS
@@ -97,19 +105,37 @@ def download_models(
         based = modelpool.base_names(base, folders[0], names)
         modelpool.check_finite(base, list(based.values()))
     label2id, num_labels = modelpool.labels(folders[0])
+    _copy_checkpoints(run, folders, names, base, based)
     mlflow_run_id = tracking.start_run(cfg, run.key, tags)
     record = {
         "models": [str(f) for f in folders],
         "names": names,
         "base_model": str(base) if base else None,
         "base_names": based,
+        "template": sorted(f.name for f in folders[0].iterdir() if f.is_file() and not f.name.startswith(".")),
         "label2id": label2id,
         "num_labels": num_labels,
         "mlflow_run_id": mlflow_run_id,
         "config": cfg.resolved(),
     }
-    run.store.put_json("run.json", record)
+    run.store.put_json("run.json", record)  # the completion marker, last
     return {"models": record["models"], "mlflow_run_id": mlflow_run_id}
+
+
+def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Path | None, based: dict[str, str]) -> None:
+    """Everything later stages read from the checkpoints goes into the store now: each member's evolvable
+    tensors, the base model's matching tensors, and the first member's files as the template."""
+    from tasks import modelpool
+
+    for i, folder in enumerate(folders):
+        run.store.put_tensors(f"members/init/ind={i}.safetensors", dict(modelpool.iter_tensors(folder, names)))
+    if base is not None:
+        renamed = {base_name: name for name, base_name in based.items()}
+        tensors = modelpool.iter_tensors(base, list(renamed))
+        run.store.put_tensors("base.safetensors", {renamed[base_name]: t for base_name, t in tensors})
+    for file in sorted(folders[0].iterdir()):
+        if file.is_file() and not file.name.startswith("."):
+            run.store.put_file(f"template/{file.name}", file)
 
 
 # -- init_population ---------------------------------------------------------------------------------------
@@ -123,10 +149,10 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
         return done
     from transformers import AutoTokenizer
 
-    from tasks import modelpool, taskpool
+    from tasks import taskpool
 
     record, cfg = run.record, run.cfg
-    tokenizer = AutoTokenizer.from_pretrained(record["models"][0])
+    tokenizer = AutoTokenizer.from_pretrained(run.template)
     sets = {"dev": cfg.data.dev, **{f"heldout/{name}": source for name, source in cfg.data.heldout.items()}}
     sizes = {}
     for name, source in sets.items():
@@ -142,15 +168,7 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
         run.store.put_tensors(f"data/{name}.safetensors", encoded)
         sizes[name] = len(encoded["labels"])
     _log_datasets(run, sets)
-    members = []
-    for i, folder in enumerate(record["models"]):
-        key = f"members/init/ind={i}.safetensors"
-        run.store.put_tensors(key, dict(modelpool.iter_tensors(Path(folder), record["names"])))
-        members.append(key)
-    if record.get("base_model"):
-        renamed = {base_name: name for name, base_name in record["base_names"].items()}
-        tensors = modelpool.iter_tensors(Path(record["base_model"]), list(renamed))
-        run.store.put_tensors("base.safetensors", {renamed[base_name]: t for base_name, t in tensors})
+    members = [f"members/init/ind={i}.safetensors" for i in range(run.n)]
     _ensure_statistics(run, 0, members)
     done = {"members": members, "examples": sizes}
     run.store.put_json("init.json", done)
@@ -197,7 +215,7 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
     for key, member in zip(keys, members):
         if run.store.exists(key):
             continue
-        model = modelpool.model_with(Path(run.record["models"][0]), run.store.get_tensors(member), device)
+        model = modelpool.model_with(run.template, run.store.get_tensors(member), device)
         stats = compute(
             model, data, run.record["names"], batches=cfg.method_params.batches, batch_size=cfg.data.batch_size, seed=evolve.derive_seed(cfg.seed, "statistics")
         )
@@ -340,7 +358,7 @@ def _scored_model(run: Run, members: list[str], generation: int):
     from tasks import modelpool
 
     device = modelpool.pick_device(run.cfg.device)
-    return modelpool.model_with(Path(run.record["models"][0]), _weights(run, members, generation), device)
+    return modelpool.model_with(run.template, _weights(run, members, generation), device)
 
 
 def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) -> list[list[int]]:
@@ -533,7 +551,7 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
     sha = weights_sha256(model.state_dict())
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        _save_model(model, Path(record["models"][0]), model_dir)
+        _save_model(model, run.template, model_dir)
         for file in sorted(model_dir.iterdir()):
             run.store.put_file(f"final/model/{file.name}", file)
         summary = {

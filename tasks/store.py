@@ -67,6 +67,10 @@ class Store(ABC):
     @abstractmethod
     def put_file(self, key: str, path: Path) -> None: ...
 
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """Keys under `prefix` (a folder-like prefix ending without a slash), sorted."""
+
     def put_json(self, key: str, record: Any) -> None:
         self.put_bytes(key, json.dumps(record, indent=1, sort_keys=True).encode())
 
@@ -136,6 +140,12 @@ class LocalStore(Store):
         if not path.is_file():
             raise self._missing(key)
         return path
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        folder = self._path(prefix) if prefix else self.root
+        if not folder.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 MiB = 1024 * 1024
@@ -287,6 +297,15 @@ class S3Store(Store):
     def exists(self, key: str) -> bool:
         return self._head(key) is not None
 
+    def list_keys(self, prefix: str = "") -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        start = f"{root}{prefix.strip('/')}/" if prefix else root
+        keys = []
+        with self._errors(prefix or "."):
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start):
+                keys += [obj["Key"].removeprefix(root) for obj in page.get("Contents", [])]
+        return sorted(keys)
+
     def local_path(self, key: str) -> Path:
         """The cached copy when its sha256 matches the object's, else a fresh download, verified before it is used.
 
@@ -337,6 +356,10 @@ class _ScopedStore(Store):
 
     def local_path(self, key):
         return self.inner.local_path(self._key(key))
+
+    def list_keys(self, prefix=""):
+        inner = self.inner.list_keys(self._key(prefix) if prefix else self.prefix)
+        return [key.removeprefix(f"{self.prefix}/") for key in inner]
 
 
 def open_store(uri: str) -> Store:

@@ -83,6 +83,15 @@ def test_put_file(store, tmp_path):
     assert store.local_path("final/model/config.json").read_bytes() == source.read_bytes()
 
 
+def test_list_keys_under_a_prefix(store):
+    for key in ("a/x.json", "a/b/y.json", "ab.json", "c.json"):
+        store.put_json(key, {})
+    assert store.list_keys("a") == ["a/b/y.json", "a/x.json"]  # a folder-like prefix: not "ab.json"
+    assert store.list_keys() == ["a/b/y.json", "a/x.json", "ab.json", "c.json"]
+    assert store.scoped("a").list_keys() == ["b/y.json", "x.json"] and store.scoped("a").list_keys("b") == ["b/y.json"]
+    assert store.list_keys("nothing") == []
+
+
 # S3 only
 
 

@@ -5,6 +5,7 @@ Both servers are real processes on 127.0.0.1 (moto's S3 server, `mlflow server`)
 """
 
 import json
+from pathlib import Path
 
 import boto3
 import yaml
@@ -21,7 +22,13 @@ def _keys(bucket: str, prefix: str) -> set[str]:
 
 def test_s3_store_and_mlflow_server_with_retried_tasks(dag, tiny_config, tmp_path, s3_bucket, s3_endpoint, mlflow_server, monkeypatch, capsys):
     conf = yaml.safe_load(tiny_config.read_text())
-    conf.update(store=f"s3://{s3_bucket}/runs", tracking_uri=mlflow_server, experiment="production", baselines=False)
+    # The checkpoints themselves come from object storage, as a producer would publish them.
+    for folder in map(Path, conf["models"]):
+        for file in folder.iterdir():
+            boto3.client("s3").upload_file(str(file), s3_bucket, f"checkpoints/{folder.name}/{file.name}")
+    models = [f"s3://{s3_bucket}/checkpoints/{Path(folder).name}" for folder in conf["models"]]
+    conf.update(models=models, store=f"s3://{s3_bucket}/runs", tracking_uri=mlflow_server, experiment="production", baselines=False)
+    monkeypatch.setenv("EVOLVER_S3_CACHE", str(tmp_path / "s3-cache"))
     monkeypatch.setenv("EVOLVER_INJECT_FAULTS", "select.after_tracking,finalize.after_tracking")
     monkeypatch.setenv("EVOLVER_FAULTS_STATE", str(tmp_path / "faults"))
     # The tasks must find S3 through the Airflow connection `aws_default`, as on a shared deployment.
@@ -41,7 +48,7 @@ def test_s3_store_and_mlflow_server_with_retried_tasks(dag, tiny_config, tmp_pat
     assert {f"members/init/ind={i}.safetensors" for i in range(3)} <= keys
     assert {f"gen={g}/population.json" for g in range(generations + 1)} <= keys
     assert {f"gen={g}/ind={i}/offspring.safetensors" for g in range(1, generations + 1) for i in range(3)} <= keys
-    assert {"final/summary.json", "final/promotion.json", "final/model/model.safetensors"} <= keys
+    assert {"final/summary.json", "final/promotion.json", "final/model/model.safetensors", "template/config.json"} <= keys
     summary = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=f"runs/{run_key}/final/summary.json")["Body"].read())
     for g in range(generations + 1):  # every generation's member set is complete in the store
         population = json.loads(boto3.client("s3").get_object(Bucket=s3_bucket, Key=f"runs/{run_key}/gen={g}/population.json")["Body"].read())
