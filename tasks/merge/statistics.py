@@ -66,14 +66,21 @@ def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batch
     rows: dict[str, int] = dict.fromkeys(layers, 0)
     mask: torch.Tensor | None = None  # the current batch's attention mask, read by the hooks
 
+    # This batch's X^T X per input tensor, since query, key and value read the same one. The input is kept in the
+    # entry so that its id cannot be reused by another tensor within the batch.
+    products: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+
     def hook(name: str):
         def record(module, inputs, output):
             x = inputs[0]
-            if x.dim() == 3 and x.shape[:2] == mask.shape:
-                x = x[mask.bool()]  # real tokens only
-            x = x.reshape(-1, x.shape[-1]).double()
-            grams[name] = grams.get(name, 0) + x.T @ x
-            rows[name] += len(x)
+            if id(x) not in products or products[id(x)][0] is not x:
+                flat = x[mask.bool()] if x.dim() == 3 and x.shape[:2] == mask.shape else x  # real tokens only
+                flat = flat.reshape(-1, flat.shape[-1]).float()
+                # One float32 product per batch (fast), summed over batches in float64 (exact enough to solve).
+                products[id(x)] = (x, (flat.T @ flat).double(), len(flat))
+            _, product, count = products[id(x)]
+            grams[name] = grams.get(name, 0) + product
+            rows[name] += count
 
         return record
 
@@ -81,6 +88,7 @@ def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batch
     handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     try:
         for input_ids, mask in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
+            products.clear()
             model(input_ids=input_ids, attention_mask=mask)
     finally:
         for handle in handles:
