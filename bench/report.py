@@ -89,8 +89,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"- Evolver: G = {sizes['generations']}, F = {result['hyperparameters']['F']}, CR = {result['hyperparameters']['CR']}, generational schedule "
         "unless noted; merging methods at their documented defaults",
         f"- seeds {', '.join(map(str, seeds))}: {result['varied_per_seed']}",
-        "- mean ± sample std over seeds; a row marked `no` in *seeded* cannot depend on the run seed, so its std is 0 by construction "
-        "(references are computed once). *individual (best on dev)* is the member with the best dev fitness, never chosen on test data.",
+        "- mean ± sample std over seeds. A row marked `no` in *seeded* cannot depend on the run seed (no random draw, fixed fine-tuning): "
+        "it is computed once, with the first seed, and repeated, so its std is 0 by construction. "
+        "*individual (best on dev)* is the member with the best dev fitness, never chosen on test data.",
         "",
         "| row | " + " | ".join(COLUMNS.values()) + " | seeded |",
         "|---|" + "---|" * (len(COLUMNS) + 1),
@@ -136,6 +137,8 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from matplotlib.ticker import MaxNLocator
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for row in [r for r in row_order(result["rows"]) if r.startswith("Evolver")]:
         curves = [s["curve"] for s in result["rows"][row]["per_seed"].values()]
@@ -143,9 +146,11 @@ def plot_curves(result: dict[str, Any], path: Path) -> None:
         mean = [statistics.fmean(c[g] for c in curves) for g in range(length)]
         low = [min(c[g] for c in curves) for g in range(length)]
         high = [max(c[g] for c in curves) for g in range(length)]
-        (line,) = left.plot(range(length), mean, marker="o", label=row)
+        style = "--" if row == SEQUENTIAL else "-"  # sequential often retraces generational: keep both visible
+        (line,) = left.plot(range(length), mean, style, marker="o", label=row)
         left.fill_between(range(length), low, high, color=line.get_color(), alpha=0.12)
     left.set(xlabel="generation", ylabel="best dev fitness (macro-F1)", title="Evolver rows: mean over seeds, band = min..max")
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.legend(fontsize=7)
     rows = result["rows"]
     if GENERATIONAL in rows and SEQUENTIAL in rows:
@@ -176,8 +181,8 @@ def plot_bars(result: dict[str, Any], path: Path) -> None:
         ax.barh([i + shift for i in y], [s["mean"] for s in stats], height=0.4, xerr=[s["std"] for s in stats], label=label, capsize=2)
     ax.set_yticks(list(y), order)
     ax.invert_yaxis()
-    ax.set(xlabel="held-out macro-F1 (mean ± std over seeds)", title=f"bench {result['name']}")
-    ax.legend(loc="lower right")
+    ax.set(xlabel=f"held-out macro-F1 (mean ± std over seeds), bench {result['name']}")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.04), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

