@@ -15,7 +15,11 @@ venv: $(VENV)/.installed
 demo: venv
 	TRANSFORMERS_VERBOSITY=error $(PY) -m tasks.demo --workdir .demo
 
+# The paper's comparison on this machine (about 80 minutes on 2 CPU cores); results in bench/results/.
+bench: venv
+	TRANSFORMERS_VERBOSITY=error $(PY) -m bench.run --name cpu-2core
+
 test: venv
 	$(PY) -m pytest -q tests
 
-.PHONY: venv test demo
+.PHONY: venv test demo bench

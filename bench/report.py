@@ -67,6 +67,34 @@ def schedule_comparison(result: dict[str, Any]) -> dict[str, Any]:
     return {"rule": schedule_comparison.__doc__.split("\n\n", 1)[1].strip(), "per_seed": per_seed, "summary": {k: spread([s[k] for s in per_seed.values()]) for k in keys}}
 
 
+def starting_point(row: str) -> str | None:
+    """The row an Evolver row starts from: its merger's plain merge, or plain mode's best member."""
+    if row == "Evolver (plain)":
+        return INDIVIDUAL_BEST
+    if row == SEQUENTIAL:
+        return "average"
+    return row.removeprefix("Evolver + ") if row.startswith("Evolver + ") else None
+
+
+def evolver_gains(result: dict[str, Any]) -> dict[str, Any]:
+    """Per Evolver row: its score minus its starting point's, paired by seed, and on how many seeds it is higher.
+
+    This is the claim the benchmark tests (does evolving beat the merge it starts from?), so the table states
+    it per column instead of leaving the reader to subtract means.
+    """
+    rows, gains = result["rows"], {}
+    for row in row_order(rows):
+        start = starting_point(row)
+        if start not in rows:
+            continue
+        pairs = [(s, rows[start]["per_seed"][seed]) for seed, s in rows[row]["per_seed"].items() if seed in rows[start]["per_seed"]]
+        gains[row] = {"versus": start, "seeds": len(pairs)}
+        for key in ("dev_fitness", "in_domain", "out_of_domain"):
+            deltas = [evolved[key] - base[key] for evolved, base in pairs]
+            gains[row][key] = {**spread(deltas), "higher_on": sum(d > 0 for d in deltas), "lower_on": sum(d < 0 for d in deltas)}
+    return gains
+
+
 def _pm(stat: dict[str, float], digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
@@ -105,6 +133,21 @@ def markdown(result: dict[str, Any]) -> str:
         "*wall s*: the row's pipeline run (download, init, all evaluations, finalize, MLflow); both individual rows share one run; "
         "the multi-task row includes its fine-tuning, the ensemble only its evaluation.",
     ]
+    gains = evolver_gains(result)
+    if gains:
+        lines += [
+            "",
+            "## Evolver against its starting point",
+            "",
+            "Each Evolver row minus the row it starts from (its merger's plain merge; plain mode: the best member on dev), paired by seed: "
+            "mean ± std of the difference, and on how many seeds Evolver is higher / lower.",
+            "",
+            "| row | versus | Δ dev fitness | Δ in-domain | Δ out-of-domain |",
+            "|---|---|---|---|---|",
+        ]
+        for row, g in gains.items():
+            cells = [f"{g[k]['mean']:+.4f} ± {g[k]['std']:.4f} (higher {g[k]['higher_on']}/{g['seeds']}, lower {g[k]['lower_on']}/{g['seeds']})" for k in ("dev_fitness", "in_domain", "out_of_domain")]
+            lines.append(f"| {row} | {g['versus']} | " + " | ".join(cells) + " |")
     comparison = result.get("schedules") or {}
     if comparison:
         s = comparison["summary"]
@@ -188,10 +231,23 @@ def plot_bars(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Re-render <name>.md and the plots from a results JSON (e.g. after changing this module)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    parser.add_argument("results_json", type=Path)
+    args = parser.parse_args(argv)
+    result = json.loads(args.results_json.read_text())
+    write(result, args.results_json.parent, plots=True)
+    return 0
+
+
 def write(result: dict[str, Any], out_dir: Path, *, plots: bool) -> None:
     """<name>.json and <name>.md (always), <name>_curves.png and <name>_bars.png (when plots)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     summarise(result)
+    result["evolver_gains"] = evolver_gains(result)
     name = result["name"]
     tmp = out_dir / f".{name}.json.partial"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
@@ -200,3 +256,7 @@ def write(result: dict[str, Any], out_dir: Path, *, plots: bool) -> None:
     if plots:
         plot_curves(result, out_dir / f"{name}_curves.png")
         plot_bars(result, out_dir / f"{name}_bars.png")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -119,3 +119,25 @@ def test_splits_are_disjoint_and_recorded(quick):
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert not texts[a] & texts[b], f"{a} and {b} share texts"
+
+
+def test_gains_pair_each_evolver_row_with_its_starting_point_by_seed(quick):
+    data = quick["data"]
+    gains = data["evolver_gains"]
+    assert set(gains) == {row for row in data["rows"] if row.startswith("Evolver")}
+    for row, gain in gains.items():
+        start = data["rows"][gain["versus"]]["per_seed"]
+        deltas = [run["in_domain"] - start[seed]["in_domain"] for seed, run in data["rows"][row]["per_seed"].items()]
+        assert gain["in_domain"]["mean"] == pytest.approx(sum(deltas) / len(deltas)), row
+        assert gain["in_domain"]["higher_on"] == sum(d > 0 for d in deltas), row
+        assert gain["dev_fitness"]["lower_on"] == 0, row  # Evolver keeps an offspring only if it improves dev
+    assert "## Evolver against its starting point" in (quick["results"] / f"{NAME}.md").read_text()
+
+
+def test_report_re_renders_the_markdown_from_the_json(quick, tmp_path):
+    copy = tmp_path / f"{NAME}.json"
+    copy.write_text((quick["results"] / f"{NAME}.json").read_text())
+    done = subprocess.run([sys.executable, "-m", "bench.report", str(copy)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / f"{NAME}.md").read_text() == (quick["results"] / f"{NAME}.md").read_text()
+    assert (tmp_path / f"{NAME}_bars.png").read_bytes()[:4] == b"\x89PNG"
