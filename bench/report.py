@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.run import ENSEMBLE, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL
+from bench.run import ENSEMBLE, EVOLVER_PLAIN, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL
 
 COLUMNS = {"in_domain": "in-domain macro-F1", "out_of_domain": "out-of-domain macro-F1", "dev_fitness": "dev fitness (macro-F1)", "wall_s": "wall s"}
 GENERATIONAL = "Evolver + average"
@@ -69,10 +69,10 @@ def schedule_comparison(result: dict[str, Any]) -> dict[str, Any]:
 
 def starting_point(row: str) -> str | None:
     """The row an Evolver row starts from: its merger's plain merge, or plain mode's best member."""
-    if row == "Evolver (plain)":
+    if row == EVOLVER_PLAIN:
         return INDIVIDUAL_BEST
     if row == SEQUENTIAL:
-        return "average"
+        row = GENERATIONAL  # the same merger, the other schedule
     return row.removeprefix("Evolver + ") if row.startswith("Evolver + ") else None
 
 
@@ -133,7 +133,7 @@ def markdown(result: dict[str, Any]) -> str:
         "*wall s*: the row's pipeline run (download, init, all evaluations, finalize, MLflow); both individual rows share one run; "
         "the multi-task row includes its fine-tuning, the ensemble only its evaluation.",
     ]
-    gains = evolver_gains(result)
+    gains = result["evolver_gains"]  # set by write() before it renders
     if gains:
         lines += [
             "",

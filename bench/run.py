@@ -38,6 +38,7 @@ REPO = BENCH.parent
 SPLIT_SEED = 0
 SEQUENTIAL = "Evolver + average (sequential)"
 INDIVIDUAL_MEAN, INDIVIDUAL_BEST = "individual (mean)", "individual (best on dev)"
+EVOLVER_PLAIN = "Evolver (plain)"
 ENSEMBLE, MULTITASK = "logit ensemble", "multi-task"
 
 # Sizes (see bench/README.md for the measurements behind them). Full: 5 members; dev 80 per domain keeps one
@@ -158,7 +159,7 @@ def pipeline_runs(generations: int, mergers: list[str] | None = None) -> list[tu
     mergers = list(mergers or MERGER_NAMES)
     runs = [("individuals", {"mode": "plain", "generations": 0, "baselines": True})]
     runs += [(m, {"merger": m, "generations": 0}) for m in mergers]
-    runs.append(("Evolver (plain)", {"mode": "plain"}))
+    runs.append((EVOLVER_PLAIN, {"mode": "plain"}))
     runs += [(f"Evolver + {m}", {"merger": m}) for m in mergers]
     runs.append((SEQUENTIAL, {"merger": "average", "schedule": "sequential"}))
     return [(name, {"generations": generations, **overrides}) for name, overrides in runs]

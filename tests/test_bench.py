@@ -38,7 +38,7 @@ def expected_rows(sizes: dict) -> list[str]:
         bench.INDIVIDUAL_MEAN,
         bench.INDIVIDUAL_BEST,
         *mergers,
-        "Evolver (plain)",
+        bench.EVOLVER_PLAIN,
         *[f"Evolver + {m}" for m in mergers],
         bench.SEQUENTIAL,
         bench.ENSEMBLE,
@@ -66,7 +66,7 @@ def test_every_row_has_mean_std_and_wall_time_for_every_seed(quick):
 def test_evolver_never_ends_below_its_baseline_and_its_curve_never_decreases(quick):
     rows = quick["data"]["rows"]
     pairs = [(f"Evolver + {m}", m) for m in quick["data"]["sizes"]["mergers"]]
-    pairs += [(bench.SEQUENTIAL, "average"), ("Evolver (plain)", bench.INDIVIDUAL_BEST)]
+    pairs += [(bench.SEQUENTIAL, "average"), (bench.EVOLVER_PLAIN, bench.INDIVIDUAL_BEST)]
     for evolved, baseline in pairs:
         for seed, run in rows[evolved]["per_seed"].items():
             base = rows[baseline]["per_seed"][seed]
