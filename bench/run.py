@@ -1,6 +1,7 @@
 """The paper's comparison, reproduced offline: every row of ALGORITHM.md's result table, over several seeds.
 
     python -m bench.run [--quick] [--name NAME] [--seeds 1 2 3] [--workdir DIR] [--results DIR]
+    python -m bench.run --setting ablation [--quick] [--methods average ties ...]   # see bench/ablation.py
 
 1. Population: all-MiniLM-L6-v2 fine-tuned once per in-domain Twitter domain (tasks.finetune, cached by
    content in <workdir>/models), plus the multi-task reference fine-tuned on the union of their training data.
@@ -79,8 +80,19 @@ def _log(message: str) -> None:
 # -- population -----------------------------------------------------------------------------------------
 
 
-def build_population(workdir: Path, sizes: dict[str, Any], log=_log) -> dict[str, Any]:
-    """Seeded splits and the fine-tuned members (one per in-domain domain) plus the multi-task model."""
+def member_folder(workdir: Path, name: str, index: int, seed: int) -> Path:
+    """Where a fine-tuned model lives: models/<name> for the benchmark's seed (its index), else a seed suffix,
+    so a population fine-tuned with other seeds reuses every checkpoint the two have in common."""
+    stem = name.replace(" ", "_")
+    return workdir / "models" / (stem if seed == index else f"{stem}-seed{seed}")
+
+
+def build_population(workdir: Path, sizes: dict[str, Any], log=_log, *, member_seed: int | None = None) -> dict[str, Any]:
+    """Seeded splits and the fine-tuned members (one per in-domain domain) plus the multi-task model.
+
+    member_seed None: member k is fine-tuned with seed k (the benchmark: independently initialised heads and
+    batch orders). An integer: every member with that one seed (identical heads at initialisation, as a shared
+    training script with the Trainer's default seed gives)."""
     from tasks.corpora import LABELS, minilm_folder, write_splits
     from tasks.demo import LEARNING_RATE, MAX_LENGTH
     from tasks.finetune import RECORD, finetune
@@ -96,13 +108,14 @@ def build_population(workdir: Path, sizes: dict[str, Any], log=_log) -> dict[str
         test=sizes["test"],
         ood_test=sizes["ood_test"],
         seed=SPLIT_SEED,
+        extra_dev=sizes.get("extra_dev", 0),
     )
     recipe = {"epochs": sizes["epochs"], "lr": LEARNING_RATE, "max_length": MAX_LENGTH, "batch_size": 32}
-    jobs = [(domain, data / domain / "train.csv", k) for k, domain in enumerate(sizes["in_domain"])]
-    jobs.append((MULTITASK, data / "multitask" / "train.csv", len(jobs)))
+    jobs = [(domain, data / domain / "train.csv", k, k if member_seed is None else member_seed) for k, domain in enumerate(sizes["in_domain"])]
+    jobs.append((MULTITASK, data / "multitask" / "train.csv", len(jobs), len(jobs)))
     models = {}
-    for name, train_csv, seed in jobs:
-        folder = workdir / "models" / name.replace(" ", "_")
+    for name, train_csv, index, seed in jobs:
+        folder = member_folder(workdir, name, index, seed)
         # Distinct seeds: distinct heads and batch orders, as for independently fine-tuned members.
         finetune(train_csv, folder, base_model=minilm_folder(), labels=LABELS, seed=seed, log=log, **recipe)
         record = json.loads((folder / RECORD).read_text())
@@ -443,10 +456,21 @@ def main(argv: list[str] | None = None) -> int:
         help=f"override one size of the variant, e.g. --size generations=15 --size dev=150 (keys: {', '.join(k for k in VARIANTS['full'] if k != 'seeds')})",
     )
     parser.add_argument("--keep-stores", action="store_true", help="keep each run's store folder (offspring weights; large)")
+    parser.add_argument(
+        "--setting", choices=("benchmark", "ablation"), default="benchmark",
+        help="benchmark: the result table; ablation: one factor at a time against the out-of-domain loss (bench/ablation.py)",
+    )
+    parser.add_argument("--methods", nargs="+", default=None, help="ablation only: merging methods Evolver runs inside (default: average ties task_arithmetic)")
+    parser.add_argument("--jobs", type=int, default=1, help="ablation only: runs at once, in worker processes (2 on 2 CPU cores)")
     args = parser.parse_args(argv)
     for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():
         os.environ.setdefault(key, value)
-    run_benchmark(args, argv)
+    if args.setting == "ablation":
+        from bench.ablation import run_ablation
+
+        run_ablation(args, argv)
+    else:
+        run_benchmark(args, argv)
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from tasks import tracking
 
-GENERATION_METRICS = ("best_fitness", "mean_fitness", "accepted", "evaluations")
+GENERATION_METRICS = ("best_fitness", "mean_fitness", "accepted", "evaluations", "validation", "best_validation")
 
 
 def collect(run_id: str, tracking_uri: str) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def collect(run_id: str, tracking_uri: str) -> dict[str, Any]:
         "generations": [by_step[step] for step in sorted(by_step)],
         "lineage": tracking.read_lineage(client, run_id),
         "final": final,
-        "promotion": {k.removeprefix("evolver."): v for k, v in run.data.tags.items() if k.startswith("evolver.promot")},
+        "promotion": {k.removeprefix("evolver."): v for k, v in run.data.tags.items() if k.startswith(("evolver.promot", "evolver.gate_"))},
         "artifact_uri": run.info.artifact_uri,
         "artifacts": {a.path: f"{run.info.artifact_uri}/{a.path}" for a in client.list_artifacts(run_id)},
         "registered": [{"name": v.name, "version": str(v.version), "aliases": list(v.aliases), "source": v.source} for v in versions],
@@ -66,8 +66,9 @@ def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
         model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
     model.to(modelpool.pick_device(cfg.device)).eval()
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
+    # The dev set exactly as init_population encoded it, so every example is scored in the same batch.
     data = taskpool.encode(
-        cfg.data.dev,
+        cfg.data.dev_sources + cfg.data.validation_sources,
         tokenizer=tokenizer,
         text_column=cfg.data.text_column,
         label_column=cfg.data.label_column,
@@ -76,7 +77,9 @@ def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
         max_length=cfg.data.max_length,
     )
     rows = range(len(data["labels"]))
-    scores = taskpool.metrics(taskpool.confusion(model, data, rows, batch_size=cfg.data.batch_size, num_labels=model.config.num_labels))
+    marks = taskpool.validation_rows(data["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)
+    fitness_rows, _ = taskpool.grouped_confusion(model, data, rows, batch_size=cfg.data.batch_size, num_labels=model.config.num_labels, groups=marks.long(), n_groups=2)
+    scores = taskpool.metrics(fitness_rows)  # `dev_*` covers the rows fitness sees
     logged = report["final"][f"dev_{cfg.metric}"]
     return {"metric": cfg.metric, "logged": logged, "recomputed": scores[cfg.metric], "match": scores[cfg.metric] == logged}
 

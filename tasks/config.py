@@ -45,6 +45,15 @@ class DataConfig(_Strict):
     out_of_domain: list[str] = Field(
         default_factory=list, title="Out-of-domain sets", description="Names in `heldout` that no member was trained on."
     )
+    # Guarded evolution: dev rows that fitness never sees. A fraction in (0, 1) holds back that share of every dev
+    # source (a seeded draw per source and run seed); a list names whole sources, read like `dev`, that only
+    # validate. Every evaluated candidate is also scored on them, the lineage records it, and the output is the
+    # accepted state with the best validation score (early stopping on the lineage). null: no validation.
+    validation: float | list[str] | None = Field(
+        None,
+        title="Validation data",
+        description="A fraction of every dev source, or a list of sources, that fitness never sees; picks the output (best validation). null: off.",
+    )
     text_column: str = Field("text", title="Text column")
     label_column: str = Field("label", title="Label column", description="Integer ids, or names found in the models' label2id.")
     # 64 tokens covers the median tweet many times over; raise it for longer documents.
@@ -58,6 +67,32 @@ class DataConfig(_Strict):
         if unknown:
             raise ValueError(f"out_of_domain names {unknown} are not keys of heldout {sorted(self.heldout)}")
         return self
+
+    @field_validator("validation")
+    @classmethod
+    def _validation_in_range(cls, value: float | list[str] | None) -> float | list[str] | None:
+        if isinstance(value, float) and not 0 < value < 1:
+            raise ValueError(f"a validation fraction must be between 0 and 1 (exclusive), got {value}")
+        if isinstance(value, list) and not value:
+            raise ValueError("validation sources: an empty list; use null for no validation")
+        return value
+
+    @model_validator(mode="after")
+    def _validation_apart_from_dev(self) -> DataConfig:
+        if isinstance(self.validation, list):
+            shared = sorted(set(self.validation) & set(self.dev_sources))
+            if shared:
+                raise ValueError(f"validation sources {shared} are also dev sources: fitness would see them")
+        return self
+
+    @property
+    def dev_sources(self) -> list[str]:
+        return [self.dev] if isinstance(self.dev, str) else list(self.dev)
+
+    @property
+    def validation_sources(self) -> list[str]:
+        """Named validation sources (a fraction holds back rows of the dev sources instead)."""
+        return list(self.validation) if isinstance(self.validation, list) else []
 
 
 class EvolverConfig(_Strict):
@@ -93,6 +128,17 @@ class EvolverConfig(_Strict):
     exclude: list[str] = Field(default_factory=list, title="Exclude", description="Regexes of parameter names kept from the first model.")
     # The fitness metric. Macro-F1 does not reward predicting the majority class of a skewed domain.
     metric: Literal["accuracy", "macro_f1", "mcc"] = Field("macro_f1", title="Fitness metric")
+    # How the dev sources make one fitness: pooled (one metric over every dev row: the paper's), mean_domain (the
+    # mean of each source's metric: every domain weighs the same, whatever its size) or worst_domain (the lowest:
+    # an offspring may not buy one domain with another). Validation scores are aggregated the same way.
+    fitness_aggregate: Literal["pooled", "mean_domain", "worst_domain"] = Field(
+        "pooled", title="Fitness aggregate", description="pooled | mean_domain | worst_domain over the dev sources."
+    )
+    # With validation data: an offspring is accepted only if its validation score is at most this much below the
+    # current state's (0: validation may not drop at all). null: validation only picks the output.
+    validation_tolerance: float | None = Field(
+        None, ge=0.0, le=1.0, title="Validation tolerance", description="Reject offspring whose validation score drops more than this; null: no such rule."
+    )
     # Also report every member and the plain merge on the held-out sets (the rows of the result table).
     baselines: bool = Field(True, title="Report baselines")
     # Where weights, statistics and records live: a folder, file:// or s3://bucket/prefix (endpoint and credentials
@@ -104,6 +150,14 @@ class EvolverConfig(_Strict):
     # The fused model becomes a version of this registered model with the alias `challenger`, and takes the alias
     # `champion` only if it beats the current champion on this run's dev data. null registers nothing.
     registered_model: str | None = Field("evolver-fused", title="Registered model", description="Model Registry name; null to skip.")
+    # The champion gate's own data: sources never used for selection, e.g. a probe set of recent production inputs
+    # (read like `dev`, same columns). The challenger and the champion are both scored on them.
+    gate_data: str | list[str] | None = Field(
+        None, title="Gate data", description="Sources the champion gate scores both models on; never used for selection."
+    )
+    # What promotes the challenger to champion: dev (strictly better on this run's dev data), gate_data (strictly
+    # better on gate_data) or both (worse on neither, strictly better on at least one).
+    gate_rule: Literal["dev", "gate_data", "both"] = Field("dev", title="Gate rule", description="dev | gate_data | both")
     # auto uses CUDA when present.
     device: Literal["auto", "cpu", "cuda"] = Field("auto", title="Device")
 
@@ -124,6 +178,23 @@ class EvolverConfig(_Strict):
         if METHODS[self.merger].needs_base and self.base_model is None:
             raise ValueError(f"merger {self.merger} works on task vectors and needs base_model (the pre-trained checkpoint)")
         return self
+
+    @model_validator(mode="after")
+    def _guards_have_their_data(self) -> EvolverConfig:
+        if self.validation_tolerance is not None and self.data.validation is None:
+            raise ValueError("validation_tolerance needs validation data (data.validation: a fraction or sources)")
+        if self.gate_rule != "dev" and self.gate_data is None:
+            raise ValueError(f"gate_rule {self.gate_rule} needs gate_data (the sources the gate scores both models on)")
+        if self.gate_data is not None:
+            gate = [self.gate_data] if isinstance(self.gate_data, str) else list(self.gate_data)
+            shared = sorted(set(gate) & set(self.data.dev_sources + self.data.validation_sources))
+            if shared:
+                raise ValueError(f"gate_data {shared} is also dev or validation data: the gate must see what selection never did")
+        return self
+
+    @property
+    def gate_sources(self) -> list[str]:
+        return [] if self.gate_data is None else [self.gate_data] if isinstance(self.gate_data, str) else list(self.gate_data)
 
     @property
     def method_params(self):

@@ -198,12 +198,15 @@ def write_splits(
     test: int,
     ood_test: int,
     seed: int,
+    extra_dev: int = 0,
 ) -> dict:
     """Write de-duplicated, seeded splits as CSV files (text, label) and return what was written.
 
     in-domain:  <domain>/{train,dev,test}.csv, taken from one shuffle as test, then dev, then train, so a
                 short domain keeps full evaluation sets and gives up training rows first;
                 multitask/train.csv is the union of the in-domain train splits (shuffled).
+                extra_dev > 0 adds <domain>/dev_extra.csv, the next rows after train: more dev data for the
+                same members (no member trained on them), leaving every other file unchanged.
     out-of-domain: <name>/test.csv with at most ood_test rows; names are Twitter domains or "drugreview".
     splits.json records the seed, the requested sizes, the rows available, and rows / labels / sha256 per file.
     """
@@ -215,7 +218,7 @@ def write_splits(
     overlap = sorted(set(in_domain) & set(out_of_domain))
     if overlap:
         raise ValueError(f"domain(s) {overlap} are both in-domain and out-of-domain")
-    if min(train, dev, test, ood_test) < 0:
+    if min(train, dev, test, ood_test, extra_dev) < 0:
         raise ValueError("split sizes must be >= 0")
 
     out_dir = Path(out_dir)
@@ -233,6 +236,8 @@ def write_splits(
         _write_csv(rows.iloc[cut_test:cut_dev], out_dir / name / "dev.csv", out_dir, files)
         _write_csv(rows.iloc[cut_dev:cut_train], out_dir / name / "train.csv", out_dir, files)
         train_parts.append(rows.iloc[cut_dev:cut_train])
+        if extra_dev:
+            _write_csv(rows.iloc[cut_train : cut_train + extra_dev], out_dir / name / "dev_extra.csv", out_dir, files)
     for name in out_of_domain:
         rows = _shuffled(domains[name], seed, name)
         _write_csv(rows.iloc[:ood_test], out_dir / name / "test.csv", out_dir, files)
@@ -244,7 +249,7 @@ def write_splits(
         "seed": seed,
         "in_domain": list(in_domain),
         "out_of_domain": list(out_of_domain),
-        "requested": {"train": train, "dev": dev, "test": test, "ood_test": ood_test},
+        "requested": {"train": train, "dev": dev, "test": test, "ood_test": ood_test, **({"extra_dev": extra_dev} if extra_dev else {})},
         "available": {name: len(domains[name]) for name in [*in_domain, *out_of_domain]},
         "files": files,
     }

@@ -79,19 +79,34 @@ def offspring_tensor(
 
 @dataclass(frozen=True)
 class Scored:
-    """One evaluated candidate: the target it replaces, its reference, and its dev fitness."""
+    """One evaluated candidate: the target it replaces, its reference, its dev fitness and, with validation
+    data, its validation score (never part of fitness)."""
 
     target: int
     reference: int
     fitness: float
+    validation: float | None = None
 
 
-def plain_accepts(candidates: list[Scored], fitness: list[float]) -> list[int]:
-    """Plain mode: an offspring replaces its parent when it scores strictly higher."""
-    return [c.target for c in candidates if c.fitness > fitness[c.target]]
+def within_tolerance(validation: float | None, current: float | None, tolerance: float | None) -> bool:
+    """The validation guard: a candidate may not score more than `tolerance` below the state it would replace.
+    No tolerance (or no validation data) never rejects."""
+    if tolerance is None or validation is None or current is None:
+        return True
+    return validation >= current - tolerance
 
 
-def merge_improvers(candidates: list[Scored], best: float) -> list[Scored]:
-    """Merge mode: candidates whose merged score beats the best so far, best first (ties: lower target first)."""
-    better = [c for c in candidates if c.fitness > best]
+def plain_accepts(candidates: list[Scored], fitness: list[float], validation: list[float] | None = None, tolerance: float | None = None) -> list[int]:
+    """Plain mode: an offspring replaces its parent when it scores strictly higher (and passes the validation guard)."""
+    return [
+        c.target
+        for c in candidates
+        if c.fitness > fitness[c.target] and within_tolerance(c.validation, validation[c.target] if validation else None, tolerance)
+    ]
+
+
+def merge_improvers(candidates: list[Scored], best: float, validation: float | None = None, tolerance: float | None = None) -> list[Scored]:
+    """Merge mode: candidates whose merged score beats the best so far (and pass the validation guard), best
+    first (ties: lower target first)."""
+    better = [c for c in candidates if c.fitness > best and within_tolerance(c.validation, validation, tolerance)]
     return sorted(better, key=lambda c: (-c.fitness, c.target))

@@ -142,18 +142,24 @@ def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Pat
 
 
 def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Tokenise the dev and held-out data once, and copy each member's evolvable tensors into the store."""
+    """Tokenise the dev, held-out and gate data once (marking the dev rows that only validate), and compute the
+    merge statistics of the members."""
     run = Run(conf, run_id)
     done = run.store.get_json_or_none("init.json")
     if done is not None:
         return done
+    import torch
     from transformers import AutoTokenizer
 
     from tasks import taskpool
 
     record, cfg = run.record, run.cfg
     tokenizer = AutoTokenizer.from_pretrained(run.template)
-    sets = {"dev": cfg.data.dev, **{f"heldout/{name}": source for name, source in cfg.data.heldout.items()}}
+    # Named validation sources are encoded with the dev sources (after them): one file, one pass per candidate.
+    dev_sources = cfg.data.dev_sources + cfg.data.validation_sources
+    sets = {"dev": dev_sources, **{f"heldout/{name}": source for name, source in cfg.data.heldout.items()}}
+    if cfg.gate_sources:
+        sets["gate"] = cfg.gate_sources
     sizes = {}
     for name, source in sets.items():
         encoded = taskpool.encode(
@@ -165,12 +171,16 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
             num_labels=record["num_labels"],
             max_length=cfg.data.max_length,
         )
+        if name == "dev":
+            marks = taskpool.validation_rows(encoded["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)
+            encoded["validation"] = marks.to(torch.uint8)
+            sizes["validation"] = int(encoded["validation"].sum())
         run.store.put_tensors(f"data/{name}.safetensors", encoded)
         sizes[name] = len(encoded["labels"])
     _log_datasets(run, sets)
     members = [f"members/init/ind={i}.safetensors" for i in range(run.n)]
     _ensure_statistics(run, 0, members)
-    done = {"members": members, "examples": sizes}
+    done = {"members": members, "examples": sizes, "dev_sources": dev_sources}
     run.store.put_json("init.json", done)
     return done
 
@@ -210,7 +220,7 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
 
     cfg = run.cfg
     compute = statistics.fisher_diagonals if get_method(cfg.merger).statistic == "fisher" else statistics.input_grams
-    data = run.store.get_tensors("data/dev.safetensors")
+    data = _fitness_rows(run.store.get_tensors("data/dev.safetensors"))
     device = modelpool.pick_device(cfg.device)
     for key, member in zip(keys, members):
         if run.store.exists(key):
@@ -222,12 +232,20 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
         run.store.put_tensors(key, stats)
 
 
+def _fitness_rows(data: dict[str, Any]) -> dict[str, Any]:
+    """The dev examples fitness may see: statistics come from them too, so validation stays unseen."""
+    if "validation" not in data or not bool(data["validation"].any()):
+        return data
+    keep = data["validation"] == 0
+    return {name: tensor[keep] for name, tensor in data.items()}
+
+
 # -- make_offspring ---------------------------------------------------------------------------------------
 
 
 def _initial_state(run: Run) -> dict[str, Any]:
     members = run.store.get_json("init.json")["members"]
-    return {"generation": 0, "members": members, "fitness": None, "merged_fitness": None, "lineage": [], "evaluations": 0}
+    return {"generation": 0, "members": members, "fitness": None, "merged_fitness": None, "validation": None, "lineage": [], "evaluations": 0}
 
 
 def _state_before(run: Run, generation: int, round_: int) -> dict[str, Any] | None:
@@ -369,38 +387,69 @@ def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) 
     return taskpool.confusion(model, data, rows, batch_size=run.cfg.data.batch_size, num_labels=run.record["num_labels"])
 
 
+def _dev_counts(run: Run, model, shard: int = 0, shards: int = 1) -> dict[str, list]:
+    """Confusion counts of `model` on one dev shard, one matrix per dev source, apart for the rows fitness sees
+    and the rows that only validate. Summed over shards they are exact whatever the shard count."""
+    from tasks import taskpool
+
+    data = run.store.get_tensors("data/dev.safetensors")
+    n_sources = len(run.store.get_json("init.json")["dev_sources"])
+    rows = taskpool.shard_range(len(data["labels"]), run.cfg.data.batch_size, shards, shard)
+    groups = data["source"].long() * 2 + data["validation"].long()
+    counts = taskpool.grouped_confusion(
+        model, data, rows, batch_size=run.cfg.data.batch_size, num_labels=run.record["num_labels"], groups=groups, n_groups=2 * n_sources
+    )
+    return {"fitness": counts[0::2], "validation": counts[1::2]}
+
+
+def _sum_counts(parts: list[dict[str, list]]) -> dict[str, list]:
+    import numpy as np
+
+    return {role: np.sum([np.asarray(p[role], dtype=np.int64) for p in parts], axis=0).tolist() for role in ("fitness", "validation")}
+
+
+def _scores(run: Run, counts: dict[str, list]) -> tuple[float, float | None]:
+    """Fitness (the configured aggregate over dev sources) and, with validation data, the validation score."""
+    from tasks import taskpool
+
+    cfg = run.cfg
+    fitness = taskpool.aggregate_score(counts["fitness"], cfg.metric, cfg.fitness_aggregate)
+    validation = taskpool.aggregate_score(counts["validation"], cfg.metric, cfg.fitness_aggregate) if cfg.data.validation is not None else None
+    return fitness, validation
+
+
 def evaluate(conf: dict[str, Any], run_id: str, item: dict[str, Any], context: dict[str, str] | None = None) -> dict[str, Any]:
-    """Score one candidate on one dev shard; the result is the shard's confusion counts."""
+    """Score one candidate on one dev shard; the result is the shard's confusion counts per source and role."""
     run = Run(conf, run_id)
     g, r, c, s = item["generation"], item["round"], item["candidate"], item["shard"]
     key = f"gen={g}/round={r}/cand={c}/shard={s}.json"
     if run.store.exists(key):
         return {"key": key}
     candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
-    matrix = _confusion(run, _scored_model(run, candidate["members"], g), "data/dev.safetensors", s, run.cfg.shards)
-    run.store.put_json(key, {"confusion": matrix, "item": item, "context": context or {}})
+    counts = _dev_counts(run, _scored_model(run, candidate["members"], g), s, run.cfg.shards)
+    run.store.put_json(key, {"counts": counts, "item": item, "context": context or {}})
     return {"key": key}
 
 
 # -- select -----------------------------------------------------------------------------------------------
 
 
-def _fitness(run: Run, g: int, r: int, n_candidates: int) -> tuple[list[float], list[dict[str, str]]]:
-    """Each candidate's dev score from its summed shard counts, and who evaluated it (as tags)."""
-    from tasks import taskpool
-
+def _fitness(run: Run, g: int, r: int, n_candidates: int) -> tuple[list[float], list[float | None], list[dict[str, str]]]:
+    """Each candidate's fitness and validation score from its summed shard counts, and who evaluated it (as tags)."""
     keys = [[f"gen={g}/round={r}/cand={c}/shard={s}.json" for s in range(run.cfg.shards)] for c in range(n_candidates)]
     missing = [k for row in keys for k in row if not run.store.exists(k)]
     if missing:
         raise StoreError(f"select: {len(missing)} shard results missing in {run.store.uri}, e.g. {missing[0]}")
-    scores, evaluated_by = [], []
+    scores, validations, evaluated_by = [], [], []
     for row in keys:
         shards = [run.store.get_json(k) for k in row]
-        scores.append(taskpool.metrics(taskpool.add_confusions([s["confusion"] for s in shards]))[run.cfg.metric])
+        fitness, validation = _scores(run, _sum_counts([s["counts"] for s in shards]))
+        scores.append(fitness)
+        validations.append(validation)
         contexts = [s.get("context", {}) for s in shards]
         tags = sorted({k for c in contexts for k in c if k in ("airflow.map_index", "airflow.try_number", "airflow.task_id")})
         evaluated_by.append({f"evaluate.{k}": ",".join(str(c.get(k, "")) for c in contexts) for k in tags})
-    return scores, evaluated_by
+    return scores, validations, evaluated_by
 
 
 def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, context: dict[str, str] | None = None) -> dict[str, Any]:
@@ -409,10 +458,11 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
 
     run = Run(conf, run_id)
     cfg, g, r = run.cfg, generation, round_
+    tolerance = cfg.validation_tolerance
     before = _state_before(run, g, r)
     plan = run.store.get_json(f"gen={g}/round={r}/candidates.json")
     candidates = plan["candidates"]
-    scores, evaluated_by = _fitness(run, g, r, len(candidates))
+    scores, validations, evaluated_by = _fitness(run, g, r, len(candidates))
     state = {**before, "generation": g, "lineage": list(before["lineage"]), "evaluations": before["evaluations"] + len(candidates)}
     state["round_scores"] = (before.get("round_scores", []) if r > 0 else []) + scores
     state["accepted"] = before.get("accepted", 0) if r > 0 else 0
@@ -421,51 +471,59 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
 
     if g == 0:
         if cfg.mode == "plain":
-            state["fitness"] = scores
+            state["fitness"], state["validation"] = scores, validations
+            for i, (score, validation) in enumerate(zip(scores, validations)):
+                _track_best_validation(state, g, [state["members"][i]], score, validation)
         else:
-            state["merged_fitness"] = scores[0]
+            state["merged_fitness"], state["validation"] = scores[0], validations[0]
+            _track_best_validation(state, g, state["members"], scores[0], validations[0])
     elif r > 0 and cfg.schedule == "generational":
         # All improvers together (candidate 0) against the best single improver already applied in `before`.
         combined = candidates[0]
-        accepted = scores[0] > before["merged_fitness"]
+        accepted = scores[0] > before["merged_fitness"] and evolve.within_tolerance(validations[0], before["validation"], tolerance)
         if accepted:
-            state["members"], state["merged_fitness"] = combined["members"], scores[0]
+            state["members"], state["merged_fitness"], state["validation"] = combined["members"], scores[0], validations[0]
             state["accepted"] = len(combined["targets"])
+            _track_best_validation(state, g, state["members"], scores[0], validations[0])
         for entry in state["lineage"]:
             if entry["generation"] == g and entry["target"] in combined["targets"]:
                 entry["accepted"] = accepted or entry["accepted"]
     else:
-        scored = [evolve.Scored(c["targets"][0], c["reference"], score) for c, score in zip(candidates, scores)]
+        scored = [evolve.Scored(c["targets"][0], c["reference"], score, validation) for c, score, validation in zip(candidates, scores, validations)]
         by_target = {c["targets"][0]: c for c in candidates}
         if cfg.mode == "plain":
-            accepted = evolve.plain_accepts(scored, state["fitness"])
-            state["fitness"] = list(state["fitness"])
+            accepted = evolve.plain_accepts(scored, state["fitness"], state["validation"], tolerance)
+            state["fitness"], state["validation"] = list(state["fitness"]), list(state["validation"])
             for t in accepted:
+                k = candidates.index(by_target[t])
                 state["members"] = _replace(state["members"], {t: by_target[t]["offspring"]})
-                state["fitness"][t] = scores[candidates.index(by_target[t])]
+                state["fitness"][t], state["validation"][t] = scores[k], validations[k]
+                _track_best_validation(state, g, [by_target[t]["offspring"]], scores[k], validations[k])
         else:
-            improvers = evolve.merge_improvers(scored, state["merged_fitness"])
+            improvers = evolve.merge_improvers(scored, state["merged_fitness"], state["validation"], tolerance)
             accepted = [improvers[0].target] if improvers else []
             if improvers:
                 best = by_target[improvers[0].target]
-                state["members"], state["merged_fitness"] = best["members"], improvers[0].fitness
+                state["members"], state["merged_fitness"], state["validation"] = best["members"], improvers[0].fitness, improvers[0].validation
+                _track_best_validation(state, g, state["members"], improvers[0].fitness, improvers[0].validation)
             if len(improvers) > 1:  # generational: try them all together in the next round
                 done = False
                 state["pending"] = [{"target": i.target, "offspring": by_target[i.target]["offspring"]} for i in improvers]
         state["accepted"] += len(accepted)
         for sc, evaluators in zip(scored, evaluated_by):
-            state["lineage"].append(
-                {
-                    "generation": g,
-                    "round": r,
-                    "target": sc.target,
-                    "reference": sc.reference,
-                    "seed": evolve.derive_seed(cfg.seed, g, sc.target),
-                    "fitness": sc.fitness,
-                    "accepted": sc.target in accepted,
-                    "evaluated_by": evaluators,
-                }
-            )
+            entry = {
+                "generation": g,
+                "round": r,
+                "target": sc.target,
+                "reference": sc.reference,
+                "seed": evolve.derive_seed(cfg.seed, g, sc.target),
+                "fitness": sc.fitness,
+                "accepted": sc.target in accepted,
+                "evaluated_by": evaluators,
+            }
+            if sc.validation is not None:
+                entry["validation"] = sc.validation
+            state["lineage"].append(entry)
         if cfg.schedule == "sequential":
             done = r == run.n - 1
 
@@ -481,20 +539,40 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
     return {**record, "round": r, "done": True}
 
 
+def _track_best_validation(state: dict[str, Any], generation: int, members: list[str], fitness: float, validation: float | None) -> None:
+    """Remember the accepted state (merge mode) or individual (plain mode) with the best validation score: the
+    run's output when there is validation data. Only a strictly higher score replaces it, so ties keep the
+    earlier, less evolved one."""
+    if validation is None:
+        return
+    best = state.get("best_validation")
+    if best is None or validation > best["validation"]:
+        state["best_validation"] = {"generation": generation, "members": list(members), "fitness": fitness, "validation": validation}
+
+
 def generation_record(cfg: EvolverConfig, state: dict[str, Any]) -> dict[str, Any]:
     """best/mean fitness of a generation: the population's own scores in plain mode; in merge mode the merged
-    score (best) and the mean over the merged candidates evaluated in that generation."""
+    score (best) and the mean over the merged candidates evaluated in that generation. With validation data,
+    also the validation score of the state (plain mode: of its best individual) and the best one so far."""
     if cfg.mode == "plain":
         best, mean = max(state["fitness"]), statistics.fmean(state["fitness"])
     else:
         best, mean = state["merged_fitness"], statistics.fmean(state["round_scores"])
-    return {
+    record = {
         "generation": state["generation"],
         "best_fitness": best,
         "mean_fitness": mean,
         "accepted": state.get("accepted", 0),
         "evaluations": state["evaluations"],
     }
+    if "best_validation" in state:
+        if cfg.mode == "plain":
+            leader = max(range(len(state["fitness"])), key=lambda i: (state["fitness"][i], -i))
+            record["validation"] = state["validation"][leader]
+        else:
+            record["validation"] = state["validation"]
+        record["best_validation"] = state["best_validation"]["validation"]
+    return record
 
 
 # -- finalize ---------------------------------------------------------------------------------------------
@@ -512,11 +590,24 @@ def weights_sha256(state_dict: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _report(run: Run, model) -> dict[str, Any]:
-    """Dev and held-out metrics of one model, plus the in-domain / out-of-domain means."""
+def _pooled(by_source: list) -> dict[str, float]:
     from tasks import taskpool
 
-    dev = taskpool.metrics(_confusion(run, model, "data/dev.safetensors"))
+    return taskpool.metrics(taskpool.add_confusions(by_source))
+
+
+def _report(run: Run, model) -> dict[str, Any]:
+    """Dev, validation, held-out (and gate) metrics of one model, plus the in-domain / out-of-domain means.
+    `dev` covers the rows fitness sees (all dev rows without validation data), pooled; `dev_sources` each source."""
+    from tasks import taskpool
+
+    counts = _dev_counts(run, model)
+    sources = run.store.get_json("init.json")["dev_sources"]
+    report: dict[str, Any] = {"dev": _pooled(counts["fitness"])}
+    if len(sources) > 1:
+        report["dev_sources"] = {source: taskpool.metrics(m) for source, m in zip(sources, counts["fitness"]) if sum(map(sum, m))}
+    if run.cfg.data.validation is not None:
+        report["validation"] = _pooled(counts["validation"])
     heldout = {name: taskpool.metrics(_confusion(run, model, f"data/heldout/{name}.safetensors")) for name in run.cfg.data.heldout}
     groups = {
         "in_domain": [n for n in heldout if n not in run.cfg.data.out_of_domain],
@@ -527,7 +618,10 @@ def _report(run: Run, model) -> dict[str, Any]:
         for group, names in groups.items()
         if names
     }
-    return {"dev": dev, "heldout": heldout, "heldout_mean": means}
+    report.update(heldout=heldout, heldout_mean=means)
+    if run.cfg.gate_sources:
+        report["gate"] = taskpool.metrics(_confusion(run, model, "data/gate.safetensors"))
+    return report
 
 
 def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = None) -> dict[str, Any]:
@@ -540,13 +634,8 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
         return done
     cfg, record = run.cfg, run.record
     population = run.store.get_json(f"gen={cfg.generations}/population.json")
-    members = population["members"]
-    if cfg.mode == "plain":
-        best = max(range(run.n), key=lambda i: (population["fitness"][i], -i))
-        members, fitness = [members[best]], population["fitness"][best]
-    else:
-        fitness = population["merged_fitness"]
-    model = _scored_model(run, members, cfg.generations)
+    output = _output_of(run, population, cfg.generations)
+    model = _scored_model(run, output["members"], output["generation"])
     final = _report(run, model)
     sha = weights_sha256(model.state_dict())
     with tempfile.TemporaryDirectory() as tmp:
@@ -559,7 +648,8 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
             "run_key": run.key,
             "generations": [generation_record(cfg, run.store.get_json(f"gen={g}/population.json")) for g in range(cfg.generations + 1)],
             "lineage": population["lineage"],
-            "final": {**final, "fitness": fitness},
+            "final": {**final, "fitness": output["fitness"], **({"validation_score": output["validation"]} if "validation" in output else {})},
+            "output": {k: v for k, v in output.items() if k != "members"},
             "baselines": _baselines(run) if cfg.baselines else {},
             "fused_model_uri": f"{run.store.uri}/final/model",
             "fused_model_sha256": sha,
@@ -570,6 +660,29 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
         faults.point("finalize.after_tracking")
         run.store.put_json("final/summary.json", summary)  # the completion marker, last
     return summary
+
+
+def _output_of(run: Run, population: dict[str, Any], generation: int) -> dict[str, Any]:
+    """What the population after `generation` yields: with validation data the accepted state (plain mode:
+    individual) with the best validation score so far; else the best individual (plain mode) or the merge of
+    the population. Its members, fitness, and the generation whose merge statistics it was scored with."""
+    best = population.get("best_validation")
+    if best is not None:
+        return {"rule": "best validation score", "members": best["members"], "generation": best["generation"], "fitness": best["fitness"], "validation": best["validation"]}
+    if run.cfg.mode == "plain":
+        leader = max(range(run.n), key=lambda i: (population["fitness"][i], -i))
+        return {"rule": "best individual", "members": [population["members"][leader]], "generation": generation, "fitness": population["fitness"][leader]}
+    return {"rule": "last state", "members": population["members"], "generation": generation, "fitness": population["merged_fitness"]}
+
+
+def population_report(conf: dict[str, Any], run_id: str, generation: int) -> dict[str, Any]:
+    """Dev and held-out scores of what the population after `generation` yields. A diagnostic for studies of
+    overfitting (the benchmark's ablation traces held-out scores across generations); the pipeline itself
+    never calls it, and nothing selects on it."""
+    run = Run(conf, run_id)
+    output = _output_of(run, run.store.get_json(f"gen={generation}/population.json"), generation)
+    model = _scored_model(run, output["members"], output["generation"])
+    return {**_report(run, model), "sha256": weights_sha256(model.state_dict()), "output": {k: v for k, v in output.items() if k != "members"}}
 
 
 def _save_model(model, template: Path, out: Path) -> None:
@@ -595,8 +708,9 @@ def _baselines(run: Run) -> dict[str, Any]:
 
 
 def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = None) -> dict[str, Any]:
-    """Register the fused model as `challenger`; it becomes `champion` only if it beats the current champion on
-    this run's dev data (the champion is re-scored here, so both see the same examples). Closes the MLflow run."""
+    """Register the fused model as `challenger`; it becomes `champion` only if it beats the current champion by
+    `gate_rule`, on this run's dev data and/or on `gate_data` (the champion is re-scored here, so both models
+    see the same examples). Closes the MLflow run."""
     from tasks import tracking
 
     run = Run(conf, run_id)
@@ -610,18 +724,25 @@ def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = 
         decision = {"registered": False, "promoted": False, "reason": "registered_model is null: nothing registered"}
     else:
         version = tracking.register(cfg, mlflow_run_id)
-        challenger_score = summary["final"]["dev"][cfg.metric]
-        decision = {"registered": True, "model": cfg.registered_model, "version": version, "challenger_dev": challenger_score}
-        decision.update(_champion_gate(run, version, challenger_score))
+        challenger = {"dev": summary["final"]["dev"][cfg.metric]}
+        if "gate" in summary["final"]:
+            challenger["gate_data"] = summary["final"]["gate"][cfg.metric]
+        decision = {"registered": True, "model": cfg.registered_model, "version": version, "gate_rule": cfg.gate_rule}
+        decision.update({f"challenger_{k}": v for k, v in challenger.items()})
+        decision.update(_champion_gate(run, version, challenger))
         if decision["promoted"]:
             tracking.set_champion(cfg, version)
+    gate_tags = {}
+    if decision["registered"]:
+        gate_tags = {"evolver.model_version": decision["version"], "evolver.gate_rule": cfg.gate_rule, "evolver.gate_decided_by": decision["decided_by"]}
+        gate_tags.update({f"evolver.gate_margin_{k}": f"{v:+.6f}" for k, v in decision.get("margins", {}).items()})
     tracking.set_tags(
         cfg,
         mlflow_run_id,
         {
             "evolver.promoted": str(decision["promoted"]).lower(),
             "evolver.promotion_reason": decision["reason"],
-            **({"evolver.model_version": decision["version"]} if decision["registered"] else {}),
+            **gate_tags,
             **{f"promote.{k}": v for k, v in (context or {}).items()},
         },
     )
@@ -630,7 +751,20 @@ def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = 
     return decision
 
 
-def _champion_gate(run: Run, version: str, challenger_score: float) -> dict[str, Any]:
+def gate_decision(rule: str, margins: dict[str, float]) -> tuple[bool, str]:
+    """Whether the challenger wins, and which score decided, from its margins over the champion
+    (challenger - champion): `dev` and `gate_data` need that score strictly higher; `both` needs neither lower
+    and at least one higher."""
+    if rule in ("dev", "gate_data"):
+        return margins[rule] > 0, rule
+    worse = [k for k in ("dev", "gate_data") if margins[k] < 0]
+    if worse:
+        return False, worse[0] if len(worse) == 1 else "dev and gate_data"
+    better = [k for k in ("dev", "gate_data") if margins[k] > 0]
+    return bool(better), " and ".join(better) if better else "dev and gate_data (equal)"
+
+
+def _champion_gate(run: Run, version: str, challenger: dict[str, float]) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -641,24 +775,39 @@ def _champion_gate(run: Run, version: str, challenger_score: float) -> dict[str,
     cfg, metric = run.cfg, run.cfg.metric
     current = tracking.champion(cfg)
     if current is None:
-        return {"promoted": True, "champion_before": None, "reason": f"no champion yet: version {version} becomes champion"}
+        return {"promoted": True, "champion_before": None, "decided_by": "no champion", "reason": f"no champion yet: version {version} becomes champion"}
     if str(current.version) == version:  # only this run's own earlier try can have promoted its version
-        return {"promoted": True, "champion_before": version, "reason": f"version {version} is the champion (promoted by an earlier try of this run)"}
+        reason = f"version {version} is the champion (promoted by an earlier try of this run)"
+        return {"promoted": True, "champion_before": version, "decided_by": "earlier try", "reason": reason}
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(cfg.tracking_uri, current.run_id, Path(tmp))
         model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
     if model.config.num_labels != run.record["num_labels"] or {str(k): v for k, v in model.config.label2id.items()} != run.record["label2id"]:
         reason = f"champion version {current.version} has other labels ({model.config.label2id}); it stays, compare by hand"
-        return {"promoted": False, "champion_before": str(current.version), "reason": reason}
+        return {"promoted": False, "champion_before": str(current.version), "decided_by": "labels", "reason": reason}
     model.to(modelpool.pick_device(cfg.device)).eval()
-    champion_score = taskpool.metrics(_confusion(run, model, "data/dev.safetensors"))[metric]
-    promoted = challenger_score > champion_score
+    champion = {"dev": _pooled(_dev_counts(run, model)["fitness"])[metric]}
+    if "gate_data" in challenger:
+        champion["gate_data"] = taskpool.metrics(_confusion(run, model, "data/gate.safetensors"))[metric]
+    margins = {k: challenger[k] - champion[k] for k in champion}
+    promoted, decided_by = gate_decision(cfg.gate_rule, margins)
     verdict = "beats" if promoted else "does not beat"
-    reason = (
-        f"challenger version {version} dev {metric} {challenger_score:.4f} {verdict} champion version {current.version} "
-        f"{champion_score:.4f} on this run's dev data"
-    )
-    return {"promoted": promoted, "champion_before": str(current.version), "champion_dev": champion_score, "reason": reason}
+    if cfg.gate_rule == "dev":
+        reason = (
+            f"challenger version {version} dev {metric} {challenger['dev']:.4f} {verdict} champion version {current.version} "
+            f"{champion['dev']:.4f} on this run's dev data"
+        )
+    else:
+        scores = ", ".join(f"{k} {metric} {challenger[k]:.4f} vs {champion[k]:.4f} ({margins[k]:+.4f})" for k in champion)
+        reason = f"challenger version {version} {verdict} champion version {current.version} by gate_rule {cfg.gate_rule} (decided by {decided_by}): {scores}"
+    return {
+        "promoted": promoted,
+        "champion_before": str(current.version),
+        **{f"champion_{k}": v for k, v in champion.items()},
+        "margins": margins,
+        "decided_by": decided_by,
+        "reason": reason,
+    }
 
 
 def mark_failed(conf: dict[str, Any], run_id: str) -> str | None:

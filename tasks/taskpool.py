@@ -73,15 +73,17 @@ def encode_labels(raw: Sequence, label2id: dict[str, int], num_labels: int, sour
 def encode(
     sources: str | Sequence[str], *, tokenizer, text_column: str, label_column: str, label2id: dict[str, int], num_labels: int, max_length: int
 ) -> dict[str, torch.Tensor]:
-    """Tokenise one evaluation set (sources concatenated) into padded tensors plus per-example lengths."""
+    """Tokenise one evaluation set (sources concatenated) into padded tensors plus per-example lengths and the
+    index of the source each example came from (what per-domain fitness and the validation split group by)."""
     sources = [sources] if isinstance(sources, str) else list(sources)
-    texts, labels = [], []
-    for source in sources:
+    texts, labels, origin = [], [], []
+    for index, source in enumerate(sources):
         source_texts, raw = read_source(source, text_column, label_column)
         if not source_texts:
             raise DataError(f"{source}: no rows")
         texts += source_texts
         labels.append(encode_labels(raw, label2id, num_labels, source))
+        origin.append(torch.full((len(source_texts),), index, dtype=torch.int32))
     tokens = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
     attention_mask = tokens["attention_mask"].to(torch.int8)
     return {
@@ -89,7 +91,33 @@ def encode(
         "attention_mask": attention_mask,
         "lengths": attention_mask.sum(1).to(torch.int32),
         "labels": torch.cat(labels),
+        "source": torch.cat(origin),
     }
+
+
+def validation_rows(source: torch.Tensor, *, validation: float | list[str] | None, dev_sources: int, seed: int) -> torch.Tensor:
+    """Which rows of the encoded dev set (dev sources, then named validation sources) only validate: a seeded
+    fraction of every source, or every row of a named validation source. Without validation data: none."""
+    if isinstance(validation, float):
+        return validation_mask(source, validation, seed)
+    return source >= dev_sources
+
+
+def validation_mask(source: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Which examples fitness never sees: round(fraction * n) of each source's n examples (at least one, and at
+    least one left for fitness), drawn by a generator seeded per (seed, source index). The draw depends on
+    nothing else: not on the shard count, the device or the other sources."""
+    from tasks.evolve import derive_seed
+
+    mask = torch.zeros(len(source), dtype=torch.bool)
+    for index in torch.unique(source).tolist():
+        rows = torch.nonzero(source == index).flatten()
+        if len(rows) < 2:
+            raise DataError(f"dev source #{index} has {len(rows)} row(s): a validation fraction needs at least 2 per source")
+        k = min(max(round(fraction * len(rows)), 1), len(rows) - 1)
+        generator = torch.Generator().manual_seed(derive_seed(seed, "validation", index))
+        mask[rows[torch.randperm(len(rows), generator=generator)[:k]]] = True
+    return mask
 
 
 def table(sources: str | Sequence[str], text_column: str, label_column: str):
@@ -110,11 +138,20 @@ def shard_range(n_examples: int, batch_size: int, shards: int, shard: int) -> ra
     return range(min(first * batch_size, n_examples), min(last * batch_size, n_examples))
 
 
-@torch.inference_mode()
 def confusion(model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range, *, batch_size: int, num_labels: int) -> list[list[int]]:
     """Confusion-matrix counts (true label x predicted label) of `model` on the examples in `rows`."""
+    return grouped_confusion(model, data, rows, batch_size=batch_size, num_labels=num_labels)[0]
+
+
+@torch.inference_mode()
+def grouped_confusion(
+    model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range, *, batch_size: int, num_labels: int, groups: torch.Tensor | None = None, n_groups: int = 1
+) -> list[list[list[int]]]:
+    """One confusion matrix per group (`groups[i]` in 0..n_groups-1 names example i's group; default: one group).
+    Every example is scored in the same batch whatever the grouping, so the groups add up to `confusion`."""
     device = next(model.parameters()).device
-    counts = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    cells = num_labels * num_labels
+    counts = torch.zeros(n_groups * cells, dtype=torch.long)
     for start in range(rows.start, rows.stop, batch_size):
         batch = slice(start, min(start + batch_size, rows.stop))
         width = int(data["lengths"][batch].max())  # pad only to the longest example of this batch
@@ -123,13 +160,33 @@ def confusion(model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range
             attention_mask=data["attention_mask"][batch, :width].long().to(device),
         ).logits
         predicted = logits.argmax(-1).cpu()
-        truth = data["labels"][batch]
-        counts += torch.bincount(truth * num_labels + predicted, minlength=num_labels * num_labels).view(num_labels, num_labels)
-    return counts.tolist()
+        group = groups[batch].long() if groups is not None else torch.zeros_like(predicted)
+        counts += torch.bincount(group * cells + data["labels"][batch] * num_labels + predicted, minlength=n_groups * cells)
+    return counts.view(n_groups, num_labels, num_labels).tolist()
 
 
 def add_confusions(matrices: Sequence[Sequence[Sequence[int]]]) -> list[list[int]]:
     return np.sum(np.asarray(matrices, dtype=np.int64), axis=0).tolist()
+
+
+AGGREGATES = ("pooled", "mean_domain", "worst_domain")
+
+
+def aggregate_score(by_source: Sequence[Sequence[Sequence[int]]], metric: str, aggregate: str) -> float:
+    """One score from per-source confusion counts: `pooled` is the metric of the summed counts (every example
+    weighs the same); `mean_domain` the mean of the per-source metrics; `worst_domain` their minimum. Sources
+    without examples (e.g. a named validation source, in the fitness counts) are left out."""
+    present = [m for m in by_source if np.asarray(m).sum() > 0]
+    if not present:
+        raise DataError("no examples were evaluated")
+    if aggregate == "pooled":
+        return metrics(add_confusions(present))[metric]
+    scores = [metrics(m)[metric] for m in present]
+    if aggregate == "mean_domain":
+        return float(np.mean(scores))
+    if aggregate == "worst_domain":
+        return float(min(scores))
+    raise ValueError(f"unknown fitness aggregate {aggregate!r}; use one of {AGGREGATES}")
 
 
 def metrics(matrix: Sequence[Sequence[int]]) -> dict[str, float]:

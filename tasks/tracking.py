@@ -164,12 +164,14 @@ def log_generation(
     step = record["generation"]
     if any(m.step == step for m in client.get_metric_history(run_id, "best_fitness")):
         return
-    rows = [{column: entry[column if column != "individual" else "target"] for column in LINEAGE_COLUMNS} for entry in lineage]
+    # With validation data every candidate also has a validation score: one more column.
+    columns = LINEAGE_COLUMNS + (("validation",) if any("validation" in entry for entry in lineage) else ())
+    rows = [{column: entry[column if column != "individual" else "target"] for column in columns} for entry in lineage]
     evaluated_by = [entry.get("evaluated_by", {}) for entry in lineage]
     _log_offspring_runs(client, run_id, step, rows, evaluated_by, context or {})
     if rows and not any(row["generation"] == step for row in read_lineage(client, run_id)):
-        client.log_table(run_id, {column: [row[column] for row in rows] for column in LINEAGE_COLUMNS}, LINEAGE_TABLE)
-    values = {key: record[key] for key in ("mean_fitness", "accepted", "evaluations", "best_fitness")}
+        client.log_table(run_id, {column: [row[column] for row in rows] for column in columns}, LINEAGE_TABLE)
+    values = {key: record[key] for key in ("validation", "best_validation", "mean_fitness", "accepted", "evaluations", "best_fitness") if key in record}
     client.log_batch(run_id, metrics=_metrics(values, step))  # one call: all of them or none
 
 
@@ -198,7 +200,8 @@ def _log_offspring_runs(
             **evaluators,
         }
         child = client.create_run(parent.info.experiment_id, run_name=f"g{generation:02d}-r{row['round']}-ind{row['individual']}", tags=tags)
-        client.log_batch(child.info.run_id, metrics=_metrics({"fitness": row["fitness"]}, generation), tags=[RunTag("evolver.complete", "1")])
+        scores = {k: row[k] for k in ("fitness", "validation") if k in row}
+        client.log_batch(child.info.run_id, metrics=_metrics(scores, generation), tags=[RunTag("evolver.complete", "1")])
         client.set_terminated(child.info.run_id, "FINISHED")
 
 
@@ -228,6 +231,8 @@ def _fitness_curve_png(generations: list[dict[str, Any]], metric: str) -> bytes:
 
 def final_metrics(final: dict[str, Any]) -> dict[str, float]:
     values = {f"dev_{metric}": value for metric, value in final["dev"].items()}
+    for part in ("validation", "gate"):
+        values.update({f"{part}_{metric}": value for metric, value in final.get(part, {}).items()})
     for name, scores in final["heldout"].items():
         values.update({f"heldout_{name}_{metric}": value for metric, value in scores.items()})
     for group, scores in final.get("heldout_mean", {}).items():

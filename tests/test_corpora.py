@@ -175,3 +175,22 @@ def test_finetune_is_cached(tmp_path):
     # A different recipe is a different checkpoint: it retrains and replaces the folder.
     finetune(train_csv, tmp_path / "member", **{**kwargs, "seed": 1})
     assert json.loads((out / RECORD).read_text())["args"]["seed"] == 1
+
+
+def test_extra_dev_rows_come_after_train_and_change_no_other_file(tmp_path):
+    plain = _write(tmp_path / "plain", seed=3)
+    extended = corpora.write_splits(
+        tmp_path / "extended", in_domain=["airline", "coachella"], out_of_domain=["claritin", "drugreview"],
+        train=200, dev=50, test=80, ood_test=2000, seed=3, extra_dev=30,
+    )
+    for rel, entry in plain["files"].items():
+        assert extended["files"][rel]["sha256"] == entry["sha256"], rel
+    for domain in ("airline", "coachella"):
+        extra = pd.read_csv(tmp_path / "extended" / domain / "dev_extra.csv", dtype=str, keep_default_na=False)
+        assert len(extra) == 30
+        seen = set()
+        for split in ("train", "dev", "test"):
+            frame = pd.read_csv(tmp_path / "extended" / domain / f"{split}.csv", dtype=str, keep_default_na=False)
+            seen |= set(frame["text"].map(corpora.normalise))
+        assert not seen & set(extra["text"].map(corpora.normalise))
+    assert extended["requested"]["extra_dev"] == 30 and "extra_dev" not in plain["requested"]

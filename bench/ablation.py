@@ -1,0 +1,221 @@
+"""The ablation behind the generalisation study: which factor makes Evolver lose out of domain.
+
+    python -m bench.run --setting ablation [--quick] [--name NAME] [--seeds 1 2 3] [--methods average ties] [--jobs 2]
+
+On the benchmark's population, Evolver runs inside each method of `methods` with one factor at a time moved
+away from the benchmark's setting (CURRENT):
+
+    F       mutation scale                    0.1, 0.3, [0.5]
+    CR      crossover rate                    0.1, [0.5], 0.9
+    dev     dev tweets per domain             [60], 150   (the extra 90 come after the training rows, so the
+                                                            members are the same and never saw them)
+    G       generations                       [5], 15
+    heads   members' fine-tuning seeds        [independent: seed k for member k], identical: one seed for all
+                                              (the same initial classification head and batch order)
+
+Every run keeps its store until its *trace* is taken: the dev and held-out scores of the merged population
+after each generation that changed it (`tasks.stages.population_report`). The trace gives the starting merge
+(generation 0) of every run, and the plot of dev fitness against out-of-domain score across generations.
+In merge mode nothing in a generation depends on G, so generation 5 of the G = 15 run *is* the G = 5 run of
+the current setting: one run gives both levels of G (its traced sha256 equals the benchmark's fused model's).
+
+Runs are independent: `--jobs N` spreads them over N worker processes (each with its own MLflow database and
+cores / N torch threads; on 2 CPU cores two single-thread workers give the same logits, bit for bit, in about
+two thirds of the time).
+
+Held-out data are only reported; every selection inside the runs uses dev data. Results:
+<results>/<name>.json (every trace, per seed), <name>.md, <name>_tradeoff.png.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import shlex
+import shutil
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from bench import run as bench
+
+# The benchmark's setting, from which each factor moves alone. Per variant, so the quick smoke run stays quick.
+CURRENT = {
+    "full": {"F": 0.5, "CR": 0.5, "dev": 60, "G": 5, "heads": "independent"},
+    "quick": {"F": 0.5, "CR": 0.5, "dev": 16, "G": 2, "heads": "independent"},
+}
+LEVELS = {
+    "full": {"F": [0.1, 0.3, 0.5], "CR": [0.1, 0.5, 0.9], "dev": [60, 150], "G": [5, 15], "heads": ["independent", "identical"]},
+    "quick": {"F": [0.1, 0.5], "CR": [0.5, 0.9], "dev": [16, 32], "G": [2, 4], "heads": ["independent", "identical"]},
+}
+METHODS = {"full": ["average", "ties", "task_arithmetic"], "quick": ["average"]}
+# Identical heads: every member fine-tuned with member 0's seed, so member 0 is shared with the benchmark.
+IDENTICAL_SEED = 0
+
+
+def runs_of(variant: str) -> list[tuple[str, dict[str, Any]]]:
+    """(run name, setting) of every run of one (method, seed): the longest-G run of the current setting first,
+    then one run per other level of every factor except G."""
+    current, levels = CURRENT[variant], LEVELS[variant]
+    runs = [("current", {**current, "G": max(levels["G"])})]
+    for factor, values in levels.items():
+        if factor == "G":
+            continue
+        runs += [(f"{factor}={value}", {**current, factor: value}) for value in values if value != current[factor]]
+    return runs
+
+
+def points_of(variant: str) -> list[tuple[str, str, Any, str, int]]:
+    """(factor, level label, level, run name, generation) of every point of the report. Each factor's current
+    level reads the current run at the current G; G's levels read the same run at each G."""
+    current, levels = CURRENT[variant], LEVELS[variant]
+    points = []
+    for factor, values in levels.items():
+        for value in values:
+            if factor == "G":
+                points.append((factor, f"G={value}", value, "current", value))
+            elif value == current[factor]:
+                points.append((factor, f"{factor}={value}", value, "current", current["G"]))
+            else:
+                points.append((factor, f"{factor}={value}", value, f"{factor}={value}", current["G"]))
+    return points
+
+
+def trace(conf: dict[str, Any], run_id: str, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Scores of the population after every generation: re-scored only where the generation accepted an offspring,
+    and the last generation read from the run's own final report."""
+    from tasks.stages import population_report
+
+    rows, report = [], None
+    last = summary["generations"][-1]["generation"]
+    for record in summary["generations"]:
+        g = record["generation"]
+        if g == last and (report is None or record["accepted"] > 0):
+            report = {**summary["final"], "sha256": summary["fused_model_sha256"]}
+        elif report is None or record["accepted"] > 0:
+            report = population_report(conf, run_id, g)
+        rows.append(
+            {
+                "generation": g,
+                "dev_fitness": record["best_fitness"],
+                "in_domain": report["heldout_mean"]["in_domain"]["macro_f1"],
+                "out_of_domain": report["heldout_mean"]["out_of_domain"]["macro_f1"],
+                "evaluations": record["evaluations"],
+                "sha256": report["sha256"],
+            }
+        )
+    return rows
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # one thread per worker gives the same logits as two, bit for bit (checked)
+
+
+def run_job(conf: dict[str, Any], run_id: str, workdir: str) -> dict[str, Any]:
+    """One ablation run, start to trace, in a worker process: its own MLflow database, so workers never share
+    a SQLite file; its store deleted once traced."""
+    conf = {**conf, "tracking_uri": f"sqlite:///{Path(workdir) / f'mlflow-ablation-{os.getpid()}.db'}"}
+    summary, wall = bench.run_one(conf, run_id, keep_store=True, summaries=Path(workdir) / "summaries", log=lambda line: None)
+    started = time.perf_counter()
+    rows = trace(conf, run_id, summary)
+    shutil.rmtree(Path(conf["store"]) / summary["run_key"], ignore_errors=True)
+    return {
+        "trace": rows,
+        "fused_model_sha256": summary["fused_model_sha256"],
+        "run_wall_s": round(wall, 1),
+        "trace_wall_s": round(time.perf_counter() - started, 1),
+        "run_key": summary["run_key"],
+    }
+
+
+def run_ablation(args, argv: list[str]) -> dict[str, Any]:
+    from bench import ablation_report
+
+    variant = "quick" if args.quick else "full"
+    sizes = {**bench.VARIANTS[variant], **dict(args.size), "seeds": list(args.seeds or bench.VARIANTS[variant]["seeds"])}
+    current, levels = CURRENT[variant], LEVELS[variant]
+    sizes["extra_dev"] = max(levels["dev"]) - current["dev"]
+    methods = list(args.methods or METHODS[variant])
+    from tasks.merge.registry import MERGER_NAMES
+
+    unknown = sorted(set(methods) - set(MERGER_NAMES))
+    if unknown:
+        raise SystemExit(f"--methods: unknown merging method(s) {unknown}; registered: {list(MERGER_NAMES)}")
+    name = args.name or ("ablation" if variant == "full" else "ablation-quick")
+    workdir = (args.workdir or bench.BENCH / "work" / variant).resolve()
+    results_dir = args.results.resolve()
+    started, started_at = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
+    log = bench._log
+    log(f"ablation {name}: {variant} sizes, methods {methods}, seeds {sizes['seeds']}, workdir {workdir}")
+
+    populations = {
+        "independent": bench.build_population(workdir, sizes, log),
+        "identical": bench.build_population(workdir, sizes, log, member_seed=IDENTICAL_SEED),
+    }
+    data = Path(populations["independent"]["data"])
+    result: dict[str, Any] = {
+        "name": name,
+        "variant": variant,
+        "command": shlex.join(["python", "-m", "bench.run", *argv]),
+        "started": started_at.isoformat(timespec="seconds"),
+        "machine": {**bench.machine(), "loadavg_at_start": os.getloadavg()},
+        "sizes": sizes,
+        "split_seed": bench.SPLIT_SEED,
+        "current": current,
+        "levels": levels,
+        "methods": methods,
+        "identical_seed": IDENTICAL_SEED,
+        "populations": {k: {"members": v["members"], "wall_s": v["wall_s"]} for k, v in populations.items()},
+        "points": [list(p) for p in points_of(variant)],
+        "runs": {},
+        "complete": False,
+    }
+    stamp = started_at.strftime("%Y%m%dT%H%M%S")
+
+    def publish(plots: bool = False) -> None:
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        ablation_report.write(result, results_dir, plots=plots)
+
+    jobs = []
+    for seed in sizes["seeds"]:
+        for method in methods:
+            for run_name, setting in runs_of(variant):
+                conf = bench.base_config(populations[setting["heads"]], workdir, sizes, name)
+                conf.update(merger=method, F=setting["F"], CR=setting["CR"], generations=setting["G"], seed=seed)
+                if setting["dev"] != current["dev"]:
+                    conf["data"]["dev"] = [str(data / d / part) for d in sizes["in_domain"] for part in ("dev.csv", "dev_extra.csv")]
+                if bench._needs_base(method):
+                    conf["base_model"] = bench._minilm()
+                jobs.append((seed, method, run_name, setting, conf, f"ablation-{name}-{stamp}-s{seed}-{method}-{run_name}"))
+    for method in methods:  # the table's row order, whatever order the runs finish in
+        result["runs"][method] = {run_name: {"setting": setting, "per_seed": {}} for run_name, setting in runs_of(variant)}
+    # Workers share the cores: one torch thread each by default. Longest runs first, so the pool ends together.
+    workers = max(1, args.jobs)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    order = sorted(jobs, key=lambda j: (-j[3]["G"], j[1] != "ties", j[0]))
+    log(f"{len(jobs)} runs on {workers} worker(s) with {threads} torch thread(s) each")
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(run_job, conf, run_id, str(workdir)): (seed, method, run_name) for seed, method, run_name, _, conf, run_id in order}
+        for done, future in enumerate(as_completed(futures), start=1):
+            seed, method, run_name = futures[future]
+            entry = future.result()
+            first, last = entry["trace"][0], entry["trace"][-1]
+            log(
+                f"[{done}/{len(jobs)}] seed {seed}, Evolver + {method}, {run_name}: dev {first['dev_fitness']:.4f} -> {last['dev_fitness']:.4f}, "
+                f"in-domain {first['in_domain']:.4f} -> {last['in_domain']:.4f}, out-of-domain {first['out_of_domain']:.4f} -> "
+                f"{last['out_of_domain']:.4f} ({entry['run_wall_s']:.0f}s + trace {entry['trace_wall_s']:.0f}s)"
+            )
+            result["runs"][method][run_name]["per_seed"][str(seed)] = entry
+            publish(plots=done % 10 == 0)
+    result["complete"] = True
+    result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result["machine"]["loadavg_at_end"] = os.getloadavg()
+    publish(plots=True)
+    log(f"ablation {name}: done in {result['wall_s']:.0f}s; results in {results_dir}")
+    return result

@@ -1,0 +1,168 @@
+"""Aggregate the ablation's traces: each factor level's change against the starting merge, paired by seed;
+which factor moves the out-of-domain change most; JSON, Markdown and the trade-off plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.report import spread
+
+KEYS = {"dev_fitness": "dev fitness", "in_domain": "in-domain", "out_of_domain": "out-of-domain"}
+
+
+def point_values(result: dict[str, Any], method: str, run_name: str, generation: int) -> dict[str, dict[str, float]]:
+    """seed -> start and end scores of one point: the run's generation 0 and the given generation."""
+    runs = result["runs"].get(method, {}).get(run_name, {}).get("per_seed", {})
+    values = {}
+    for seed, entry in runs.items():
+        by_generation = {row["generation"]: row for row in entry["trace"]}
+        if generation not in by_generation:
+            continue
+        start, end = by_generation[0], by_generation[generation]
+        values[seed] = {**{f"start_{k}": start[k] for k in KEYS}, **{f"end_{k}": end[k] for k in KEYS}}
+    return values
+
+
+def summarise(result: dict[str, Any]) -> dict[str, Any]:
+    """method -> label -> {factor, level, seeds, and per key: start, end and Δ = end - start (mean ± std, higher/lower)}."""
+    table: dict[str, Any] = {}
+    for method in result["methods"]:
+        for factor, label, level, run_name, generation in result["points"]:
+            values = point_values(result, method, run_name, generation)
+            if not values:
+                continue
+            cell = {"factor": factor, "level": level, "seeds": len(values)}
+            for key in KEYS:
+                deltas = [v[f"end_{key}"] - v[f"start_{key}"] for v in values.values()]
+                cell[key] = {
+                    "start": spread([v[f"start_{key}"] for v in values.values()]),
+                    "end": spread([v[f"end_{key}"] for v in values.values()]),
+                    "delta": {**spread(deltas), "higher_on": sum(d > 0 for d in deltas), "lower_on": sum(d < 0 for d in deltas)},
+                }
+            table.setdefault(method, {})[label] = cell
+    return table
+
+
+def factor_effects(table: dict[str, Any]) -> dict[str, Any]:
+    """method -> factor -> the level with the best mean Δ out-of-domain, and the range of that mean over levels:
+    the factor with the widest range is the one that moves the out-of-domain change most."""
+    effects: dict[str, Any] = {}
+    for method, cells in table.items():
+        by_factor: dict[str, list[tuple[str, float]]] = {}
+        for label, cell in cells.items():
+            by_factor.setdefault(cell["factor"], []).append((label, cell["out_of_domain"]["delta"]["mean"]))
+        for factor, levels in by_factor.items():
+            means = [m for _, m in levels]
+            best = max(levels, key=lambda lv: lv[1])
+            effects.setdefault(method, {})[factor] = {"range": max(means) - min(means), "best_level": best[0], "best_delta": best[1], "levels": dict(levels)}
+    return effects
+
+
+def _delta(stat: dict[str, Any], seeds: int) -> str:
+    return f"{stat['mean']:+.4f} ± {stat['std']:.4f} ({stat['higher_on']}↑ {stat['lower_on']}↓ of {seeds})"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, sizes, current = result["machine"], result["sizes"], result["current"]
+    table, effects = result["summary"], result["effects"]
+    lines = [
+        f"# Ablation `{result['name']}` ({result['variant']} sizes)" + ("" if result["complete"] else " — PARTIAL, still running or interrupted"),
+        "",
+        f"- command: `{result['command']}`",
+        f"- date: {result['started']} (UTC start){' → ' + result['finished'] if result.get('finished') else ''}; total wall {result.get('wall_s', 0):.0f} s",
+        f"- machine: {m['cpu_count']} CPUs ({m['torch_threads']} torch threads), device {m['device']}, torch {m['torch']}, {m['platform']}; "
+        f"commit {m['git_commit']}{' (dirty)' if m['git_dirty'] else ''}",
+        f"- population: the benchmark's ({', '.join(sizes['in_domain'])}; out of domain {', '.join(sizes['out_of_domain'])}); "
+        f"`heads=identical` fine-tunes every member with seed {result['identical_seed']}",
+        "- the current setting: " + ", ".join(f"{k} = {v}" for k, v in current.items()) + "; generational schedule; one factor moves at a time",
+        f"- seeds {', '.join(map(str, sizes['seeds']))} (the run seed); Δ = the score after the last generation minus the starting merge "
+        "(generation 0 of the same run), paired by seed: mean ± std, and on how many seeds it rose (↑) or fell (↓)",
+        "- held-out scores are only reported; every selection inside the runs uses dev data",
+        "",
+    ]
+    for method, cells in table.items():
+        lines += [f"## Evolver + {method}", "", "| factor level | Δ dev fitness | Δ in-domain | Δ out-of-domain | out-of-domain: start → end |", "|---|---|---|---|---|"]
+        for label, cell in cells.items():
+            ood = cell["out_of_domain"]
+            lines.append(
+                f"| {label}{' (current)' if cell['level'] == current[cell['factor']] else ''} | "
+                + " | ".join(_delta(cell[k]["delta"], cell["seeds"]) for k in KEYS)
+                + f" | {ood['start']['mean']:.4f} → {ood['end']['mean']:.4f} |"
+            )
+        lines.append("")
+    if effects:
+        factors = list(result["levels"])
+        lines += [
+            "## Which factor moves the out-of-domain change",
+            "",
+            "Per method and factor: the range of the mean Δ out-of-domain over the factor's levels, and the level where it is highest.",
+            "",
+            "| factor | " + " | ".join(f"Evolver + {m}" for m in effects) + " |",
+            "|---|" + "---|" * len(effects),
+        ]
+        for factor in factors:
+            cells = []
+            for method in effects:
+                e = effects[method].get(factor)
+                cells.append(f"range {e['range']:.4f}; best {e['best_level']} ({e['best_delta']:+.4f})" if e else "")
+            lines.append(f"| {factor} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(result: dict[str, Any], path: Path) -> None:
+    """Top: dev fitness against out-of-domain score across generations (mean over seeds), one line per run.
+    Bottom: Δ in-domain and Δ out-of-domain per factor level (mean ± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in result["methods"] if m in result["summary"]]
+    if not methods:
+        return
+    fig, axes = plt.subplots(2, len(methods), figsize=(6.5 * len(methods), 10), squeeze=False)
+    for column, method in enumerate(methods):
+        top, bottom = axes[0][column], axes[1][column]
+        for k, (run_name, entry) in enumerate(result["runs"][method].items()):
+            traces = [s["trace"] for s in entry["per_seed"].values()]
+            length = min(map(len, traces))
+            dev = [sum(t[g]["dev_fitness"] for t in traces) / len(traces) for g in range(length)]
+            ood = [sum(t[g]["out_of_domain"] for t in traces) / len(traces) for g in range(length)]
+            style = "-" if run_name == "current" else "--"
+            (line,) = top.plot(dev, ood, style, marker=".", color=f"C{k}", label=run_name if run_name != "current" else f"current (G={length - 1})")
+            top.plot(dev[:1], ood[:1], "o", color=line.get_color(), markersize=8, markerfacecolor="none")
+            if run_name == "current" and length > result["current"]["G"]:
+                g = result["current"]["G"]
+                top.plot([dev[g]], [ood[g]], "s", color=line.get_color(), markersize=7)
+        top.set(xlabel="dev fitness (macro-F1)", ylabel="out-of-domain macro-F1", title=f"Evolver + {method}: generations (○ start, ■ current G)")
+        top.legend(fontsize=7)
+        cells = result["summary"][method]
+        labels = list(cells)
+        y = range(len(labels))
+        for shift, key, name in ((-0.2, "in_domain", "Δ in-domain"), (0.2, "out_of_domain", "Δ out-of-domain")):
+            stats = [cells[label][key]["delta"] for label in labels]
+            bottom.barh([i + shift for i in y], [s["mean"] for s in stats], height=0.4, xerr=[s["std"] for s in stats], label=name, capsize=2)
+        bottom.axvline(0, color="black", linewidth=0.8)
+        bottom.set_yticks(list(y), labels)
+        bottom.invert_yaxis()
+        bottom.set(xlabel="change against the starting merge (mean ± std over seeds)")
+        bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write(result: dict[str, Any], out_dir: Path, *, plots: bool) -> None:
+    """<name>.json and <name>.md (always), <name>_tradeoff.png (when plots)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["summary"] = summarise(result)
+    result["effects"] = factor_effects(result["summary"])
+    name = result["name"]
+    tmp = out_dir / f".{name}.json.partial"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.replace(out_dir / f"{name}.json")
+    (out_dir / f"{name}.md").write_text(markdown(result))
+    if plots:
+        plot_tradeoff(result, out_dir / f"{name}_tradeoff.png")
