@@ -51,15 +51,20 @@ LEVELS = {
     "full": {"F": [0.1, 0.3, 0.5], "CR": [0.1, 0.5, 0.9], "dev": [60, 150], "G": [5, 15], "heads": ["independent", "identical"]},
     "quick": {"F": [0.1, 0.5], "CR": [0.5, 0.9], "dev": [16, 32], "G": [2, 4], "heads": ["independent", "identical"]},
 }
-METHODS = {"full": ["average", "ties", "task_arithmetic"], "quick": ["average"]}
+METHODS = {"full": ["average", "ties", "task_arithmetic", "plain"], "quick": ["average", "plain"]}
+# `plain` is plain-mode Evolver (no merge): it only runs the heads factor, the one hypothesis for why it never
+# beats the best member (other factors act on it as on any Evolver).
+PLAIN, PLAIN_FACTORS = "plain", ("heads",)
 # Identical heads: every member fine-tuned with member 0's seed, so member 0 is shared with the benchmark.
 IDENTICAL_SEED = 0
 
 
-def runs_of(variant: str) -> list[tuple[str, dict[str, Any]]]:
+def runs_of(variant: str, method: str) -> list[tuple[str, dict[str, Any]]]:
     """(run name, setting) of every run of one (method, seed): the longest-G run of the current setting first,
     then one run per other level of every factor except G."""
     current, levels = CURRENT[variant], LEVELS[variant]
+    if method == PLAIN:
+        return [("current", current)] + [(f"heads={v}", {**current, "heads": v}) for v in levels["heads"] if v != current["heads"]]
     runs = [("current", {**current, "G": max(levels["G"])})]
     for factor, values in levels.items():
         if factor == "G":
@@ -104,6 +109,7 @@ def trace(conf: dict[str, Any], run_id: str, summary: dict[str, Any]) -> list[di
                 "in_domain": report["heldout_mean"]["in_domain"]["macro_f1"],
                 "out_of_domain": report["heldout_mean"]["out_of_domain"]["macro_f1"],
                 "evaluations": record["evaluations"],
+                "accepted": record["accepted"],
                 "sha256": report["sha256"],
             }
         )
@@ -143,9 +149,9 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
     methods = list(args.methods or METHODS[variant])
     from tasks.merge.registry import MERGER_NAMES
 
-    unknown = sorted(set(methods) - set(MERGER_NAMES))
+    unknown = sorted(set(methods) - {*MERGER_NAMES, PLAIN})
     if unknown:
-        raise SystemExit(f"--methods: unknown merging method(s) {unknown}; registered: {list(MERGER_NAMES)}")
+        raise SystemExit(f"--methods: unknown method(s) {unknown}; registered merging methods: {list(MERGER_NAMES)}, or {PLAIN} (plain mode)")
     name = args.name or ("ablation" if variant == "full" else "ablation-quick")
     workdir = (args.workdir or bench.BENCH / "work" / variant).resolve()
     results_dir = args.results.resolve()
@@ -184,16 +190,17 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
     jobs = []
     for seed in sizes["seeds"]:
         for method in methods:
-            for run_name, setting in runs_of(variant):
+            for run_name, setting in runs_of(variant, method):
                 conf = bench.base_config(populations[setting["heads"]], workdir, sizes, name)
-                conf.update(merger=method, F=setting["F"], CR=setting["CR"], generations=setting["G"], seed=seed)
+                conf.update(F=setting["F"], CR=setting["CR"], generations=setting["G"], seed=seed)
+                conf.update(mode="plain") if method == PLAIN else conf.update(merger=method)
                 if setting["dev"] != current["dev"]:
                     conf["data"]["dev"] = [str(data / d / part) for d in sizes["in_domain"] for part in ("dev.csv", "dev_extra.csv")]
-                if bench._needs_base(method):
+                if method != PLAIN and bench._needs_base(method):
                     conf["base_model"] = bench._minilm()
                 jobs.append((seed, method, run_name, setting, conf, f"ablation-{name}-{stamp}-s{seed}-{method}-{run_name}"))
     for method in methods:  # the table's row order, whatever order the runs finish in
-        result["runs"][method] = {run_name: {"setting": setting, "per_seed": {}} for run_name, setting in runs_of(variant)}
+        result["runs"][method] = {run_name: {"setting": setting, "per_seed": {}} for run_name, setting in runs_of(variant, method)}
     # Workers share the cores: one torch thread each by default. Longest runs first, so the pool ends together.
     workers = max(1, args.jobs)
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -207,7 +214,7 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
             entry = future.result()
             first, last = entry["trace"][0], entry["trace"][-1]
             log(
-                f"[{done}/{len(jobs)}] seed {seed}, Evolver + {method}, {run_name}: dev {first['dev_fitness']:.4f} -> {last['dev_fitness']:.4f}, "
+                f"[{done}/{len(jobs)}] seed {seed}, {method}, {run_name}: dev {first['dev_fitness']:.4f} -> {last['dev_fitness']:.4f}, "
                 f"in-domain {first['in_domain']:.4f} -> {last['in_domain']:.4f}, out-of-domain {first['out_of_domain']:.4f} -> "
                 f"{last['out_of_domain']:.4f} ({entry['run_wall_s']:.0f}s + trace {entry['trace_wall_s']:.0f}s)"
             )

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.ablation import PLAIN, PLAIN_FACTORS
 from bench.report import spread
 
 KEYS = {"dev_fitness": "dev fitness", "in_domain": "in-domain", "out_of_domain": "out-of-domain"}
@@ -30,6 +31,8 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     table: dict[str, Any] = {}
     for method in result["methods"]:
         for factor, label, level, run_name, generation in result["points"]:
+            if method == PLAIN and factor not in PLAIN_FACTORS:
+                continue
             values = point_values(result, method, run_name, generation)
             if not values:
                 continue
@@ -60,6 +63,10 @@ def factor_effects(table: dict[str, Any]) -> dict[str, Any]:
     return effects
 
 
+def _title(method: str) -> str:
+    return "Evolver (plain mode)" if method == PLAIN else f"Evolver + {method}"
+
+
 def _delta(stat: dict[str, Any], seeds: int) -> str:
     return f"{stat['mean']:+.4f} ± {stat['std']:.4f} ({stat['higher_on']}↑ {stat['lower_on']}↓ of {seeds})"
 
@@ -83,7 +90,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     for method, cells in table.items():
-        lines += [f"## Evolver + {method}", "", "| factor level | Δ dev fitness | Δ in-domain | Δ out-of-domain | out-of-domain: start → end |", "|---|---|---|---|---|"]
+        lines += [f"## {_title(method)}", "", "| factor level | Δ dev fitness | Δ in-domain | Δ out-of-domain | out-of-domain: start → end |", "|---|---|---|---|---|"]
         for label, cell in cells.items():
             ood = cell["out_of_domain"]
             lines.append(
@@ -99,7 +106,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             "Per method and factor: the range of the mean Δ out-of-domain over the factor's levels, and the level where it is highest.",
             "",
-            "| factor | " + " | ".join(f"Evolver + {m}" for m in effects) + " |",
+            "| factor | " + " | ".join(_title(m) for m in effects) + " |",
             "|---|" + "---|" * len(effects),
         ]
         for factor in factors:
@@ -136,7 +143,7 @@ def plot_tradeoff(result: dict[str, Any], path: Path) -> None:
             if run_name == "current" and length > result["current"]["G"]:
                 g = result["current"]["G"]
                 top.plot([dev[g]], [ood[g]], "s", color=line.get_color(), markersize=7)
-        top.set(xlabel="dev fitness (macro-F1)", ylabel="out-of-domain macro-F1", title=f"Evolver + {method}: generations (○ start, ■ current G)")
+        top.set(xlabel="dev fitness (macro-F1)", ylabel="out-of-domain macro-F1", title=f"{_title(method)}: generations (○ start, ■ current G)")
         top.legend(fontsize=7)
         cells = result["summary"][method]
         labels = list(cells)
