@@ -3,12 +3,11 @@ which factor moves the out-of-domain change most; JSON, Markdown and the trade-o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from bench.ablation import PLAIN, PLAIN_FACTORS
-from bench.report import spread
+from bench.report import spread, write_json_and_markdown
 
 KEYS = {"dev_fitness": "dev fitness", "in_domain": "in-domain", "out_of_domain": "out-of-domain"}
 
@@ -167,9 +166,6 @@ def write(result: dict[str, Any], out_dir: Path, *, plots: bool) -> None:
     result["summary"] = summarise(result)
     result["effects"] = factor_effects(result["summary"])
     name = result["name"]
-    tmp = out_dir / f".{name}.json.partial"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    tmp.replace(out_dir / f"{name}.json")
-    (out_dir / f"{name}.md").write_text(markdown(result))
+    write_json_and_markdown(result, out_dir, markdown(result))
     if plots:
         plot_tradeoff(result, out_dir / f"{name}_tradeoff.png")

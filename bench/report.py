@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.run import ENSEMBLE, EVOLVER_PLAIN, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL
+from bench.run import ENSEMBLE, EVOLVER_PLAIN, GUARDED, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL
 
 COLUMNS = {"in_domain": "in-domain macro-F1", "out_of_domain": "out-of-domain macro-F1", "dev_fitness": "dev fitness (macro-F1)", "wall_s": "wall s"}
 GENERATIONAL = "Evolver + average"
@@ -73,7 +73,25 @@ def starting_point(row: str) -> str | None:
         return INDIVIDUAL_BEST
     if row == SEQUENTIAL:
         row = GENERATIONAL  # the same merger, the other schedule
-    return row.removeprefix("Evolver + ") if row.startswith("Evolver + ") else None
+    return row.removeprefix("Evolver + ").removesuffix(GUARDED) if row.startswith("Evolver + ") else None
+
+
+def guarded_target(result: dict[str, Any]) -> dict[str, Any]:
+    """Per guarded row: on how many seeds it is above its merge in domain while no worse out of domain (the
+    generalisation target), and each seed's two differences."""
+    rows, target = result["rows"], {}
+    for row in row_order(rows):
+        if not row.endswith(GUARDED) or starting_point(row) not in rows:
+            continue
+        base = rows[starting_point(row)]["per_seed"]
+        per_seed = {
+            seed: {"in_domain": run["in_domain"] - base[seed]["in_domain"], "out_of_domain": run["out_of_domain"] - base[seed]["out_of_domain"]}
+            for seed, run in rows[row]["per_seed"].items()
+            if seed in base
+        }
+        met = [seed for seed, d in per_seed.items() if d["in_domain"] > 0 and d["out_of_domain"] >= 0]
+        target[row] = {"versus": starting_point(row), "seeds": len(per_seed), "met_on": len(met), "met_seeds": met, "per_seed": per_seed}
+    return target
 
 
 def evolver_gains(result: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +111,13 @@ def evolver_gains(result: dict[str, Any]) -> dict[str, Any]:
             deltas = [evolved[key] - base[key] for evolved, base in pairs]
             gains[row][key] = {**spread(deltas), "higher_on": sum(d > 0 for d in deltas), "lower_on": sum(d < 0 for d in deltas)}
     return gains
+
+
+def _flat(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in record.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def _pm(stat: dict[str, float], digits: int = 4) -> str:
@@ -148,6 +173,30 @@ def markdown(result: dict[str, Any]) -> str:
         for row, g in gains.items():
             cells = [f"{g[k]['mean']:+.4f} ± {g[k]['std']:.4f} (higher {g[k]['higher_on']}/{g['seeds']}, lower {g[k]['lower_on']}/{g['seeds']})" for k in ("dev_fitness", "in_domain", "out_of_domain")]
             lines.append(f"| {row} | {g['versus']} | " + " | ".join(cells) + " |")
+    target = result.get("guarded_target") or {}
+    if target:
+        guard = ", ".join(f"{k} = {v}" for k, v in _flat(result.get("guard", {})).items())
+        lines += [
+            "",
+            "## Guarded Evolver against the generalisation target",
+            "",
+            f"Guard settings: {guard}. Target: above its merge in domain *and* no worse than it out of domain, on at least 2 of 3 seeds. "
+            "Per seed: Δ in-domain / Δ out-of-domain against the merge.",
+            "",
+            "| row | versus | target met on | per seed |",
+            "|---|---|---|---|",
+        ]
+        for row, t in target.items():
+            seeds = "; ".join(f"seed {s}: {d['in_domain']:+.4f} / {d['out_of_domain']:+.4f}" for s, d in t["per_seed"].items())
+            lines.append(f"| {row} | {t['versus']} | {t['met_on']}/{t['seeds']} | {seeds} |")
+    for addition in result.get("additions", []):
+        am = addition["machine"]
+        lines += [
+            "",
+            f"Rows {', '.join(addition['rows'])} were added by `{addition['command']}` on {addition['started']} "
+            f"({addition.get('wall_s', 0):.0f} s, {addition['workers']} worker(s); {am['cpu_count']} CPUs, device {am['device']}, commit {am['git_commit']}"
+            f"{' (dirty)' if am['git_dirty'] else ''}).",
+        ]
     comparison = result.get("schedules") or {}
     if comparison:
         s = comparison["summary"]
@@ -248,14 +297,21 @@ def write(result: dict[str, Any], out_dir: Path, *, plots: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     summarise(result)
     result["evolver_gains"] = evolver_gains(result)
+    result["guarded_target"] = guarded_target(result)
+    name = result["name"]
+    write_json_and_markdown(result, out_dir, markdown(result))
+    if plots:
+        plot_curves(result, out_dir / f"{name}_curves.png")
+        plot_bars(result, out_dir / f"{name}_bars.png")
+
+
+def write_json_and_markdown(result: dict[str, Any], out_dir: Path, text: str) -> None:
+    """<name>.json, replaced whole (a reader never sees half a file), then <name>.md."""
     name = result["name"]
     tmp = out_dir / f".{name}.json.partial"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     tmp.replace(out_dir / f"{name}.json")
-    (out_dir / f"{name}.md").write_text(markdown(result))
-    if plots:
-        plot_curves(result, out_dir / f"{name}_curves.png")
-        plot_bars(result, out_dir / f"{name}_bars.png")
+    (out_dir / f"{name}.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,11 @@ def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any]
 # -- pipeline rows --------------------------------------------------------------------------------------
 
 
+# Guarded Evolver: the settings bench/results/ablation.md supports (see the README's benchmark commentary).
+GUARDED = " (guarded)"
+GUARD: dict[str, Any] = {"data": {"validation": 0.5}, "fitness_aggregate": "worst_domain"}
+
+
 def pipeline_runs(generations: int, mergers: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(run name, config overrides) of every pipeline run of one seed, in the order they run."""
     from tasks.merge.registry import MERGER_NAMES
@@ -175,13 +180,23 @@ def pipeline_runs(generations: int, mergers: list[str] | None = None) -> list[tu
     runs.append((EVOLVER_PLAIN, {"mode": "plain"}))
     runs += [(f"Evolver + {m}", {"merger": m}) for m in mergers]
     runs.append((SEQUENTIAL, {"merger": "average", "schedule": "sequential"}))
+    runs += [(f"Evolver + {m}{GUARDED}", {"merger": m, **GUARD}) for m in mergers]
     return [(name, {"generations": generations, **overrides}) for name, overrides in runs]
+
+
+def with_overrides(conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """conf with overrides applied, nested mappings (the `data` block) merged key by key."""
+    merged = dict(conf)
+    for key, value in overrides.items():
+        merged[key] = with_overrides(conf[key], value) if isinstance(value, dict) and isinstance(conf.get(key), dict) else value
+    return merged
 
 
 def _scores(report: dict[str, Any]) -> dict[str, Any]:
     """The numbers of one model: dev, held-out sets and their in-domain / out-of-domain means."""
     return {
-        "dev_fitness": report["dev"]["macro_f1"],
+        # A guarded run's `dev` covers only its fitness rows; `dev_all` is every dev row, as in the other rows.
+        "dev_fitness": report.get("dev_all", report["dev"])["macro_f1"],
         "in_domain": report["heldout_mean"]["in_domain"]["macro_f1"],
         "out_of_domain": report["heldout_mean"]["out_of_domain"]["macro_f1"],
         "dev": report["dev"],
@@ -343,6 +358,36 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # on 2 cores, one thread per worker gives the same logits as two, bit for bit
+
+
+def execute(calls: list[tuple[Any, Any, tuple]], workers: int):
+    """Run (key, function, args) calls and yield (key, result) as each finishes: in this process when workers is
+    1, else in that many spawned worker processes sharing the cores (cores // workers torch threads each)."""
+    if workers <= 1:
+        for key, function, call_args in calls:
+            yield key, function(*call_args)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(function, *call_args): key for key, function, call_args in calls}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def run_in_worker(conf: dict[str, Any], run_id: str, workdir: str, keep_store: bool) -> tuple[dict[str, Any], float]:
+    """run_one in a worker process, with an MLflow database of its own: workers never share a SQLite file."""
+    conf = {**conf, "tracking_uri": f"sqlite:///{Path(workdir) / f'mlflow-worker-{os.getpid()}.db'}"}
+    return run_one(conf, run_id, keep_store=keep_store, summaries=Path(workdir) / "summaries", log=lambda line: None)
+
+
 def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     from bench import report
 
@@ -355,30 +400,50 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     log = _log
     log(f"bench {name}: {variant} sizes, seeds {sizes['seeds']}, workdir {workdir}")
 
+    existing = results_dir / f"{name}.json"
+    if args.rows and not existing.is_file():
+        raise SystemExit(f"--rows adds rows to {existing}, which does not exist: run the whole benchmark first")
     population = build_population(workdir, sizes, log)
-    (results_dir / "splits").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(population["data"]) / "splits.json", results_dir / "splits" / f"{name}.json")
     conf0 = base_config(population, workdir, sizes, name)
-    result: dict[str, Any] = {
-        "name": name,
-        "variant": variant,
-        "command": shlex.join(["python", "-m", "bench.run", *argv]),
-        "started": started_at.isoformat(timespec="seconds"),
-        "machine": {**machine(), "loadavg_at_start": os.getloadavg()},
-        "sizes": sizes,
-        "split_seed": SPLIT_SEED,
-        "varied_per_seed": "the run seed only (Evolver's references, crossover masks and visit order; DARE's drop masks; the dev "
-        "batches Fisher / RegMean statistics are computed on). Splits (seed 0) and fine-tuning (member seed k) are fixed.",
-        "hyperparameters": {"F": conf0["F"], "CR": conf0["CR"], "generations": sizes["generations"], "merge_params": "tasks.merge.params defaults", "finetune": population["recipe"]},
-        "config_template": conf0,
-        "population": population,
-        "rows": {},
-        "complete": False,
-    }
+    if args.rows:
+        result = json.loads(existing.read_text())
+        stored = {k: v for k, v in result["sizes"].items() if k != "seeds"}
+        if stored != {k: v for k, v in sizes.items() if k != "seeds"}:
+            raise SystemExit(f"--rows: {existing} was made with other sizes ({stored}); use the same --size options")
+        addition = {
+            "command": shlex.join(["python", "-m", "bench.run", *argv]),
+            "started": started_at.isoformat(timespec="seconds"),
+            "machine": {**machine(), "loadavg_at_start": os.getloadavg()},
+            "workers": args.jobs,
+            "rows": [],
+        }
+        result.setdefault("additions", []).append(addition)
+        result["complete"] = False
+    else:
+        (results_dir / "splits").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(population["data"]) / "splits.json", results_dir / "splits" / f"{name}.json")
+        result = {
+            "name": name,
+            "variant": variant,
+            "command": shlex.join(["python", "-m", "bench.run", *argv]),
+            "started": started_at.isoformat(timespec="seconds"),
+            "machine": {**machine(), "loadavg_at_start": os.getloadavg()},
+            "sizes": sizes,
+            "split_seed": SPLIT_SEED,
+            "varied_per_seed": "the run seed only (Evolver's references, crossover masks and visit order; DARE's drop masks; the dev "
+            "batches Fisher / RegMean statistics are computed on). Splits (seed 0) and fine-tuning (member seed k) are fixed.",
+            "hyperparameters": {"F": conf0["F"], "CR": conf0["CR"], "generations": sizes["generations"], "merge_params": "tasks.merge.params defaults", "finetune": population["recipe"]},
+            "config_template": conf0,
+            "population": population,
+            "rows": {},
+            "complete": False,
+        }
+    result["guard"] = GUARD
     run_stamp = started_at.strftime("%Y%m%dT%H%M%S")
 
     def publish(plots: bool = False) -> None:
-        result["wall_s"] = round(time.perf_counter() - started, 1)
+        if not args.rows:  # an addition keeps the benchmark's own wall time and records its own
+            result["wall_s"] = round(time.perf_counter() - started, 1)
         report.write(result, results_dir, plots=plots)
 
     def record(row: str, seeds: list[int], values: dict[str, Any], seeded: bool) -> None:
@@ -387,28 +452,45 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
 
     # Rows the run seed cannot change (fixed fine-tuning, no random draw) are computed once, with the first
     # seed, and every seed gets the same numbers: their std is 0 by construction, not by measurement.
-    for row, values in references(conf0, population, log).items():
-        record(row, sizes["seeds"], values, seeded=False)
+    if not args.rows:
+        for row, values in references(conf0, population, log).items():
+            record(row, sizes["seeds"], values, seeded=False)
     runs = pipeline_runs(sizes["generations"], sizes["mergers"])
+    if args.rows:
+        runs = [run for run in runs if any(pattern in run[0] for pattern in args.rows)]
+        for run_name, _ in runs:
+            result["rows"].pop(run_name, None)
+            addition["rows"].append(run_name)
     schedule = [(run, [s]) for s in sizes["seeds"] for run in runs if seeded(run[0])]
     schedule = [(run, sizes["seeds"]) for run in runs if not seeded(run[0])] + schedule
+    calls = []
     for (run_name, overrides), seeds in schedule:
-        conf = {**conf0, **overrides, "seed": seeds[0]}
+        conf = {**with_overrides(conf0, overrides), "seed": seeds[0]}
         if "merger" in overrides and _needs_base(conf["merger"]):
             conf["base_model"] = _minilm()
         run_id = f"bench-{name}-{run_stamp}-s{seeds[0]}-{run_name}"
-        log(f"seed {', '.join(map(str, seeds))}: {run_name}")
-        summary, wall = run_one(conf, run_id, keep_store=args.keep_stores, summaries=workdir / "summaries", log=log)
+        if args.jobs > 1:
+            calls.append(((run_name, seeds), run_in_worker, (conf, run_id, str(workdir), args.keep_stores)))
+        else:
+            log_run = lambda line, run_id=run_id: log(f"  {run_id} {line}")
+            calls.append(((run_name, seeds), lambda c, r, log_run=log_run: run_one(c, r, keep_store=args.keep_stores, summaries=workdir / "summaries", log=log_run), (conf, run_id)))
+    log(f"{len(calls)} pipeline runs on {max(1, args.jobs)} worker(s)")
+    for done, ((run_name, seeds), (summary, wall)) in enumerate(execute(calls, args.jobs), start=1):
+        log(f"[{done}/{len(calls)}] seed {', '.join(map(str, seeds))}: {run_name}")
         for row, values in rows_of_run(run_name, summary, wall).items():
             record(row, seeds, values, seeded(run_name))
             log(f"  {row}: dev {values['dev_fitness']:.4f}, in-domain {values['in_domain']:.4f}, out-of-domain {values['out_of_domain']:.4f} ({wall:.0f}s)")
-        publish(plots=len(seeds) == 1 and run_name == runs[-1][0])
+        publish(plots=done == len(calls) or (args.jobs <= 1 and len(seeds) == 1 and run_name == runs[-1][0]))
     result["schedules"] = report.schedule_comparison(result)
     result["complete"] = True
-    result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    result["machine"]["loadavg_at_end"] = os.getloadavg()
+    finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    if args.rows:
+        addition.update(finished=finished, wall_s=round(time.perf_counter() - started, 1), loadavg_at_end=os.getloadavg())
+    else:
+        result["finished"] = finished
+        result["machine"]["loadavg_at_end"] = os.getloadavg()
     publish(plots=True)
-    log(f"bench {name}: done in {result['wall_s']:.0f}s; results in {results_dir}")
+    log(f"bench {name}: done in {time.perf_counter() - started:.0f}s; results in {results_dir}")
     return result
 
 
@@ -460,8 +542,13 @@ def main(argv: list[str] | None = None) -> int:
         "--setting", choices=("benchmark", "ablation"), default="benchmark",
         help="benchmark: the result table; ablation: one factor at a time against the out-of-domain loss (bench/ablation.py)",
     )
-    parser.add_argument("--methods", nargs="+", default=None, help="ablation only: merging methods Evolver runs inside (default: average ties task_arithmetic)")
-    parser.add_argument("--jobs", type=int, default=1, help="ablation only: runs at once, in worker processes (2 on 2 CPU cores)")
+    parser.add_argument("--methods", nargs="+", default=None, help="ablation only: merging methods Evolver runs inside, and `plain` (default: average ties plain)")
+    parser.add_argument("--resume", action="store_true", help="ablation only: keep the finished runs of <results>/<name>.json and run the rest")
+    parser.add_argument("--jobs", type=int, default=1, help="pipeline runs at once, in worker processes (2 on 2 CPU cores: one torch thread each)")
+    parser.add_argument(
+        "--rows", nargs="+", default=None, metavar="PATTERN",
+        help="benchmark only: run just the pipeline rows whose name contains a PATTERN (e.g. guarded) and add them to <results>/<name>.json",
+    )
     args = parser.parse_args(argv)
     for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():
         os.environ.setdefault(key, value)

@@ -9,7 +9,13 @@ population.
 **Flow**: `download_models` → `init_population` → `gen_00` (scores the initial population) → `gen_01` …
 each generation is one or more *rounds* of `make_offspring` → `evaluate` (mapped over candidate × dev
 shard) → `select` → `finalize` (fused model, held-out scores, MLflow artifacts) → `promote` (Model
-Registry: `challenger`, and `champion` if it beats the current one on this run's dev data).
+Registry: `challenger`, and `champion` if it beats the current one by `gate_rule`: on this run's dev data,
+on `gate_data` (sources selection never saw, e.g. recent production inputs), or on both).
+
+**Guarded evolution**: `data.validation` holds back dev rows (a fraction of each source, or named sources)
+that fitness never sees; the output is then the accepted state with the best validation score, and
+`validation_tolerance` can refuse offspring that lower it. `fitness_aggregate` makes fitness the mean or the
+worst of the per-source scores instead of one pooled score.
 
 The DAG's shape is fixed when it is parsed: it has `EVOLVER_MAX_GENERATIONS` generation groups and
 `EVOLVER_MAX_ROUNDS` rounds in each (the sequential schedule needs one round per model, the generational

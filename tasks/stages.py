@@ -590,6 +590,12 @@ def weights_sha256(state_dict: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def _as_arrays(matrices: list) -> list:
+    import numpy as np
+
+    return [np.asarray(m, dtype=np.int64) for m in matrices]
+
+
 def _pooled(by_source: list) -> dict[str, float]:
     from tasks import taskpool
 
@@ -608,6 +614,9 @@ def _report(run: Run, model) -> dict[str, Any]:
         report["dev_sources"] = {source: taskpool.metrics(m) for source, m in zip(sources, counts["fitness"]) if sum(map(sum, m))}
     if run.cfg.data.validation is not None:
         report["validation"] = _pooled(counts["validation"])
+        # Every dev-source row, fitness and validation alike: comparable with an unguarded run's `dev`.
+        dev_rows = [f + v for f, v in zip(_as_arrays(counts["fitness"]), _as_arrays(counts["validation"]))][: len(run.cfg.data.dev_sources)]
+        report["dev_all"] = _pooled([m.tolist() for m in dev_rows])
     heldout = {name: taskpool.metrics(_confusion(run, model, f"data/heldout/{name}.safetensors")) for name in run.cfg.data.heldout}
     groups = {
         "in_domain": [n for n in heldout if n not in run.cfg.data.out_of_domain],

@@ -8,6 +8,7 @@ score is bit-identical for any number of shards.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -191,7 +192,6 @@ def aggregate_score(by_source: Sequence[Sequence[Sequence[int]]], metric: str, a
 
 def metrics(matrix: Sequence[Sequence[int]]) -> dict[str, float]:
     """Accuracy, macro-F1 and Matthews correlation (scikit-learn) from summed confusion counts."""
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
     counts = np.asarray(matrix, dtype=np.int64)
     k = counts.shape[0]
@@ -199,6 +199,14 @@ def metrics(matrix: Sequence[Sequence[int]]) -> dict[str, float]:
     predicted = np.repeat(np.tile(np.arange(k), k), counts.ravel())
     if truth.size == 0:
         raise DataError("no examples were evaluated")
+    with warnings.catch_warnings():  # one domain's rows may hold a single label: the scores are still defined
+        warnings.simplefilter("ignore", UserWarning)
+        return _scores(truth, predicted)
+
+
+def _scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
     return {
         "accuracy": float(accuracy_score(truth, predicted)),
         "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),

@@ -41,6 +41,7 @@ def expected_rows(sizes: dict) -> list[str]:
         bench.EVOLVER_PLAIN,
         *[f"Evolver + {m}" for m in mergers],
         bench.SEQUENTIAL,
+        *[f"Evolver + {m}{bench.GUARDED}" for m in mergers],
         bench.ENSEMBLE,
         bench.MULTITASK,
     ]
@@ -130,7 +131,8 @@ def test_gains_pair_each_evolver_row_with_its_starting_point_by_seed(quick):
         deltas = [run["in_domain"] - start[seed]["in_domain"] for seed, run in data["rows"][row]["per_seed"].items()]
         assert gain["in_domain"]["mean"] == pytest.approx(sum(deltas) / len(deltas)), row
         assert gain["in_domain"]["higher_on"] == sum(d > 0 for d in deltas), row
-        assert gain["dev_fitness"]["lower_on"] == 0, row  # Evolver keeps an offspring only if it improves dev
+        if not row.endswith(bench.GUARDED):  # a guarded run selects on part of dev and outputs on validation
+            assert gain["dev_fitness"]["lower_on"] == 0, row  # Evolver keeps an offspring only if it improves dev
     assert "## Evolver against its starting point" in (quick["results"] / f"{NAME}.md").read_text()
 
 
@@ -141,3 +143,83 @@ def test_report_re_renders_the_markdown_from_the_json(quick, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / f"{NAME}.md").read_text() == (quick["results"] / f"{NAME}.md").read_text()
     assert (tmp_path / f"{NAME}_bars.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_guarded_rows_report_the_generalisation_target(quick):
+    data = quick["data"]
+    target = data["guarded_target"]
+    assert set(target) == {f"Evolver + {m}{bench.GUARDED}" for m in data["sizes"]["mergers"]}
+    for row, entry in target.items():
+        merge = data["rows"][entry["versus"]]["per_seed"]
+        met = [s for s, run in data["rows"][row]["per_seed"].items() if run["in_domain"] > merge[s]["in_domain"] and run["out_of_domain"] >= merge[s]["out_of_domain"]]
+        assert sorted(entry["met_seeds"]) == sorted(met) and entry["met_on"] == len(met), row
+    assert data["guard"] == bench.GUARD
+    assert "## Guarded Evolver against the generalisation target" in (quick["results"] / f"{NAME}.md").read_text()
+
+
+def test_rows_can_be_added_to_a_finished_benchmark(quick, tmp_path):
+    """`--rows guarded` re-runs only the guarded rows into the existing results, with two workers, and gets the
+    same numbers as the full run made in one process: the rows do not depend on who ran them."""
+    results = tmp_path / "results"
+    results.mkdir()
+    stored = json.loads((quick["results"] / f"{NAME}.json").read_text())
+    (results / f"{NAME}.json").write_text(json.dumps({**stored, "rows": {k: v for k, v in stored["rows"].items() if not k.endswith(bench.GUARDED)}}))
+    command = [sys.executable, "-m", "bench.run", "--quick", "--name", NAME, "--workdir", str(quick["workdir"]), "--results", str(results), "--rows", "guarded", "--jobs", "2"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    added = json.loads((results / f"{NAME}.json").read_text())
+    assert added["complete"] and added["additions"][-1]["rows"] == [r for r in stored["rows"] if r.endswith(bench.GUARDED)]
+    for row, entry in stored["rows"].items():
+        for seed, run in entry["per_seed"].items():
+            again = added["rows"][row]["per_seed"][seed]
+            for key in ("dev_fitness", "in_domain", "out_of_domain", "fused_model_sha256"):
+                assert again.get(key) == run.get(key), (row, seed, key)
+
+
+@pytest.fixture(scope="module")
+def ablation(quick):
+    """The quick ablation on the quick benchmark's population (fine-tuned once, shared), one seed, two workers."""
+    results = quick["workdir"] / "ablation-results"
+    command = [sys.executable, "-m", "bench.run", "--quick", "--setting", "ablation", "--seeds", "1", "--jobs", "2", "--workdir", str(quick["workdir"]), "--results", str(results)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"results": results, "data": json.loads((results / "ablation-quick.json").read_text())}
+
+
+def test_ablation_runs_every_level_and_traces_every_generation(ablation):
+    from bench.ablation import CURRENT, LEVELS, runs_of
+
+    data = ablation["data"]
+    assert data["complete"] and data["methods"] == ["average", "plain"]
+    for method in data["methods"]:
+        assert set(data["runs"][method]) == {name for name, _ in runs_of("quick", method)}
+        for run_name, entry in data["runs"][method].items():
+            trace = entry["per_seed"]["1"]["trace"]
+            assert [row["generation"] for row in trace] == list(range(entry["setting"]["G"] + 1)), (method, run_name)
+            dev = [row["dev_fitness"] for row in trace]
+            assert dev == sorted(dev), (method, run_name)  # dev fitness never falls
+            # A generation that accepted nothing leaves the population, hence its scores, as they were.
+            for before, after in zip(trace, trace[1:]):
+                if after["accepted"] == 0:
+                    assert (after["sha256"], after["out_of_domain"]) == (before["sha256"], before["out_of_domain"])
+    levels = {label for method in data["summary"].values() for label in method}
+    assert levels == {f"{factor}={value}" for factor, values in LEVELS["quick"].items() for value in values}
+    assert set(data["summary"]["plain"]) == {f"heads={v}" for v in LEVELS["quick"]["heads"]}
+    assert set(data["effects"]["average"]) == set(LEVELS["quick"])
+    markdown = (ablation["results"] / "ablation-quick.md").read_text()
+    assert "## Which factor moves the out-of-domain change" in markdown and f"G={CURRENT['quick']['G']} (current)" in markdown
+    assert (ablation["results"] / "ablation-quick_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablation_current_point_is_the_benchmark_row(ablation, quick):
+    """Generation G of the longer current run is the benchmark's Evolver + average run: the same fused weights
+    and the same held-out scores (nothing in a merge-mode generation depends on G)."""
+    from bench.ablation import CURRENT
+
+    trace = ablation["data"]["runs"]["average"]["current"]["per_seed"]["1"]["trace"]
+    point = trace[CURRENT["quick"]["G"]]
+    row = quick["data"]["rows"]["Evolver + average"]["per_seed"]["1"]
+    assert point["sha256"] == row["fused_model_sha256"]
+    assert (point["in_domain"], point["out_of_domain"], point["dev_fitness"]) == (row["in_domain"], row["out_of_domain"], row["dev_fitness"])
+    start = quick["data"]["rows"]["average"]["per_seed"]["1"]
+    assert (trace[0]["in_domain"], trace[0]["out_of_domain"]) == (start["in_domain"], start["out_of_domain"])

@@ -12,19 +12,28 @@ def test_structure_params_and_retries(dag):
     assert all(t.retries >= 2 for t in dag.tasks)
     assert dag.params.get_param("F").schema["maximum"] == 2
     assert dag.params.get_param("schedule").schema["enum"] == ["sequential", "generational"]
+    assert dag.params.get_param("gate_rule").schema["enum"] == ["dev", "gate_data", "both"]
+    assert dag.params.get_param("fitness_aggregate").schema["enum"] == ["pooled", "mean_domain", "worst_domain"]
+    assert "validation" in dag.params.get_param("data").schema["properties"]
 
 
 def test_dag_run_matches_cli(dag, tiny_config, tmp_path):
+    """With the guards on (the production test covers the defaults): the same lineage, output and weights."""
     from tasks.cli import main
 
     conf = yaml.safe_load(tiny_config.read_text())
+    conf.update(fitness_aggregate="mean_domain", validation_tolerance=0.05)
+    conf["data"]["validation"] = 0.3
     run = dag.test(run_conf=conf)
     assert run.state == "success"
     [summary_file] = (tmp_path / "store").glob("manual*/final/summary.json")
     from_dag = json.loads(summary_file.read_text())
-    assert main(["run", str(tiny_config), "--output", str(tmp_path / "cli")]) == 0
+    guarded = tmp_path / "guarded.yaml"
+    guarded.write_text(yaml.safe_dump(conf))
+    assert main(["run", str(guarded), "--output", str(tmp_path / "cli")]) == 0
     from_cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
-    assert from_dag["final"]["dev"] == from_cli["final"]["dev"]
+    assert from_dag["final"]["dev"] == from_cli["final"]["dev"] and from_dag["output"] == from_cli["output"]
+    assert [(e["fitness"], e["validation"], e["accepted"]) for e in from_dag["lineage"]] == [(e["fitness"], e["validation"], e["accepted"]) for e in from_cli["lineage"]]
     assert from_dag["fused_model_sha256"] == from_cli["fused_model_sha256"]
 
 
