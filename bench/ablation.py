@@ -102,13 +102,14 @@ def trace(conf: dict[str, Any], run_id: str, summary: dict[str, Any]) -> list[di
     for record in summary["generations"]:
         g = record["generation"]
         if g == last and (report is None or record["accepted"] > 0):
-            report = {**summary["final"], "sha256": summary["fused_model_sha256"]}
+            report = {**summary["final"], "sha256": summary["fused_model_sha256"], "output": summary.get("output", {})}
         elif report is None or record["accepted"] > 0:
             report = population_report(conf, run_id, g)
         rows.append(
             {
                 "generation": g,
-                "dev_fitness": record["best_fitness"],
+                # The fitness of what the run would output now (with validation: its best-validation state).
+                "dev_fitness": report.get("output", {}).get("fitness", record["best_fitness"]),
                 "in_domain": report["heldout_mean"]["in_domain"]["macro_f1"],
                 "out_of_domain": report["heldout_mean"]["out_of_domain"]["macro_f1"],
                 "evaluations": record["evaluations"],
@@ -190,9 +191,12 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
     if args.resume and existing.is_file():
         # Keep every finished run of the same study; add the methods or seeds asked for now.
         previous = json.loads(existing.read_text())
-        same = {k: previous.get(k) for k in ("variant", "current", "levels", "identical_seed")}
-        if same != {k: result[k] for k in same} or {**previous["sizes"], "seeds": None} != {**sizes, "seeds": None}:
-            raise SystemExit(f"--resume: {existing} is another study (variant, levels or sizes differ); use another --name")
+        # The same study, or one with more factors or levels: every finished run keeps its meaning.
+        same = previous["variant"] == variant and previous["identical_seed"] == IDENTICAL_SEED
+        same &= all(current.get(k) == v for k, v in previous["current"].items())
+        same &= all(set(v) <= set(levels.get(k, [])) for k, v in previous["levels"].items())
+        if not same or {**previous["sizes"], "seeds": None} != {**sizes, "seeds": None}:
+            raise SystemExit(f"--resume: {existing} is another study (variant, settings or sizes differ); use another --name")
         done_methods = [m for m, runs in previous["runs"].items() if any(e["per_seed"] for e in runs.values())]
         result["methods"] = methods = methods + [m for m in done_methods if m not in methods]
         result["sizes"]["seeds"] = sorted({*previous["sizes"]["seeds"], *sizes["seeds"]})

@@ -93,9 +93,10 @@ def render(report: dict[str, Any]) -> str:
             f"{g['generation']:10d}  {g.get('best_fitness', float('nan')):12.4f}  {g.get('mean_fitness', float('nan')):12.4f}"
             f"  {int(g.get('accepted', 0)):8d}  {int(g.get('evaluations', 0)):11d}"
         )
-    lines += ["", "lineage (generation round individual reference seed fitness accepted):"]
+    columns = tracking.LINEAGE_COLUMNS + (("validation",) if any("validation" in row for row in report["lineage"]) else ())
+    lines += ["", f"lineage ({' '.join(columns)}):"]
     for row in report["lineage"]:
-        lines.append("  " + "  ".join(str(row[c]) if c != "fitness" else f"{row[c]:.4f}" for c in tracking.LINEAGE_COLUMNS))
+        lines.append("  " + "  ".join(f"{row[c]:.4f}" if c in ("fitness", "validation") else str(row[c]) for c in columns))
     lines += ["", "final scores:"] + [f"  {k:40s} {v:.4f}" for k, v in report["final"].items()]
     lines += ["", "data sets:"] + [f"  {d['context']:24s} digest {d['digest']}" for d in report["inputs"]]
     lines += ["", f"artifacts ({report['artifact_uri']}):"] + [f"  {uri}" for uri in report["artifacts"].values()]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tasks import taskpool, tracking
+from tasks import audit, taskpool, tracking
 from tasks.cli import main
 from tasks.config import ConfigError, EvolverConfig
 from tasks.store import open_store
@@ -96,8 +96,13 @@ def test_validation_split_is_identical_across_shard_counts_and_runs(tiny_config,
     assert runs[0]["generations"] == runs[1]["generations"] == runs[2]["generations"]
     assert runs[0]["lineage"] == runs[1]["lineage"] == runs[2]["lineage"]
     assert runs[0]["fused_model_sha256"] == runs[1]["fused_model_sha256"] == runs[2]["fused_model_sha256"]
-    # The validation score is on rows fitness never saw: the logged per-candidate scores are present and distinct.
     assert all("validation" in e for e in runs[0]["lineage"])
+    # The audit re-derives the same split from the config alone and reproduces the logged dev score exactly.
+    uri = yaml.safe_load(guarded.read_text())["tracking_uri"]
+    report = audit.collect(runs[0]["mlflow_run_id"], uri)
+    assert audit.verify(report, uri)["match"]
+    assert [g["best_validation"] for g in report["generations"]] == [g["best_validation"] for g in runs[0]["generations"]]
+    assert report["final"]["validation_macro_f1"] == runs[0]["final"]["validation"]["macro_f1"]
 
 
 @pytest.mark.parametrize("aggregate", ["mean_domain", "worst_domain"])
