@@ -21,9 +21,12 @@ def test_dag_run_matches_cli(dag, tiny_config, tmp_path):
     """With the guards on (the production test covers the defaults): the same lineage, output and weights."""
     from tasks.cli import main
 
+    from tasks.config import EvolverConfig
+
     conf = yaml.safe_load(tiny_config.read_text())
     conf.update(fitness_aggregate="mean_domain", validation_tolerance=0.05)
     conf["data"]["validation"] = 0.3
+    conf = EvolverConfig.from_dict(conf).resolved()  # every key: see test_bad_input_fails_at_once...
     run = dag.test(run_conf=conf)
     assert run.state == "success"
     [summary_file] = (tmp_path / "store").glob("manual*/final/summary.json")
@@ -59,7 +62,10 @@ def test_form_lists_exactly_the_registered_merging_methods(dag):
 def test_bad_input_fails_at_once_and_marks_the_mlflow_run_failed(dag, tiny_config, tmp_path):
     from tasks import tracking
 
-    conf = yaml.safe_load(tiny_config.read_text())
+    from tasks.config import EvolverConfig
+
+    # Every key, defaults included: dag.test leaves an earlier run's conf in the session-wide DAG's task params.
+    conf = EvolverConfig.from_dict(yaml.safe_load(tiny_config.read_text())).resolved()
     unlabelled = tmp_path / "unlabelled.csv"
     unlabelled.write_text("text,stars\ngreat book,5\n")
     conf["data"]["dev"] = str(unlabelled)  # found by download_models, unreadable for init_population

@@ -37,7 +37,10 @@ def test_s3_store_and_mlflow_server_with_retried_tasks(dag, tiny_config, tmp_pat
     connection = {"conn_type": "aws", "login": "testing", "password": "testing", "extra": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}
     monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
 
-    run = dag.test(run_conf=conf)
+    from tasks.config import EvolverConfig
+
+    # Every key, defaults included: dag.test leaves an earlier run's conf in the session-wide DAG's task params.
+    run = dag.test(run_conf=EvolverConfig.from_dict(conf).resolved())
     assert run.state == "success"
     assert sorted(p.name for p in (tmp_path / "faults").iterdir()) == ["finalize.after_tracking", "select.after_tracking"]
 
