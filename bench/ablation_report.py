@@ -132,16 +132,18 @@ def plot_tradeoff(result: dict[str, Any], path: Path) -> None:
     for column, method in enumerate(methods):
         top, bottom = axes[0][column], axes[1][column]
         for k, (run_name, entry) in enumerate(result["runs"][method].items()):
-            traces = [s["trace"] for s in entry["per_seed"].values()]
-            length = min(map(len, traces))
-            dev = [sum(t[g]["dev_fitness"] for t in traces) / len(traces) for g in range(length)]
-            ood = [sum(t[g]["out_of_domain"] for t in traces) / len(traces) for g in range(length)]
+            traces = [{row["generation"]: row for row in s["trace"]} for s in entry["per_seed"].values()]
+            if not traces:
+                continue
+            generations = sorted(set.intersection(*(set(t) for t in traces)))  # every seed's traced generations
+            dev = [sum(t[g]["dev_fitness"] for t in traces) / len(traces) for g in generations]
+            ood = [sum(t[g]["out_of_domain"] for t in traces) / len(traces) for g in generations]
             style = "-" if run_name == "current" else "--"
-            (line,) = top.plot(dev, ood, style, marker=".", color=f"C{k}", label=run_name if run_name != "current" else f"current (G={length - 1})")
+            (line,) = top.plot(dev, ood, style, marker=".", color=f"C{k}", label=run_name if run_name != "current" else f"current (G={generations[-1]})")
             top.plot(dev[:1], ood[:1], "o", color=line.get_color(), markersize=8, markerfacecolor="none")
-            if run_name == "current" and length > result["current"]["G"]:
-                g = result["current"]["G"]
-                top.plot([dev[g]], [ood[g]], "s", color=line.get_color(), markersize=7)
+            if run_name == "current" and result["current"]["G"] in generations[1:-1]:
+                at = generations.index(result["current"]["G"])
+                top.plot([dev[at]], [ood[at]], "s", color=line.get_color(), markersize=7)
         top.set(xlabel="dev fitness (macro-F1)", ylabel="out-of-domain macro-F1", title=f"{_title(method)}: generations (○ start, ■ current G)")
         top.legend(fontsize=7)
         cells = result["summary"][method]
