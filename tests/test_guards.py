@@ -285,3 +285,23 @@ def test_gate_rule_decides_both_ways(tiny_config, tiny_population, tmp_path):
     assert tags["evolver.gate_rule"] == "gate_data" and tags["evolver.gate_decided_by"] == "gate_data"
     assert float(tags["evolver.gate_margin_gate_data"]) == pytest.approx(decision["margins"]["gate_data"], abs=1e-6)
     assert "gate_macro_f1" in client.get_run(gate_again["mlflow_run_id"]).data.metrics
+
+
+@pytest.mark.parametrize(
+    "rule, dev, gate, promoted, decided_by",
+    [
+        ("dev", 0.01, -0.2, True, "dev"),
+        ("dev", 0.0, 0.3, False, "dev"),  # a tie keeps the champion
+        ("gate_data", -0.2, 0.01, True, "gate_data"),
+        ("gate_data", 0.3, 0.0, False, "gate_data"),
+        ("both", 0.0, 0.02, True, "gate_data"),
+        ("both", 0.01, 0.02, True, "dev and gate_data"),
+        ("both", 0.05, -0.01, False, "gate_data"),
+        ("both", -0.01, 0.05, False, "dev"),
+        ("both", 0.0, 0.0, False, "dev and gate_data (equal)"),
+    ],
+)
+def test_gate_decision_table(rule, dev, gate, promoted, decided_by):
+    from tasks.stages import gate_decision
+
+    assert gate_decision(rule, {"dev": dev, "gate_data": gate}) == (promoted, decided_by)
