@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.run import ENSEMBLE, EVOLVER_PLAIN, GUARDED, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL
+from bench.run import ENSEMBLE, EVOLVER_PLAIN, GUARDS, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL, guard_of
 
 COLUMNS = {"in_domain": "in-domain macro-F1", "out_of_domain": "out-of-domain macro-F1", "dev_fitness": "dev fitness (macro-F1)", "wall_s": "wall s"}
 GENERATIONAL = "Evolver + average"
@@ -73,7 +73,9 @@ def starting_point(row: str) -> str | None:
         return INDIVIDUAL_BEST
     if row == SEQUENTIAL:
         row = GENERATIONAL  # the same merger, the other schedule
-    return row.removeprefix("Evolver + ").removesuffix(GUARDED) if row.startswith("Evolver + ") else None
+    if guard_of(row):
+        row = row.removesuffix(f" ({guard_of(row)})")
+    return row.removeprefix("Evolver + ") if row.startswith("Evolver + ") else None
 
 
 def guarded_target(result: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +83,7 @@ def guarded_target(result: dict[str, Any]) -> dict[str, Any]:
     generalisation target), and each seed's two differences."""
     rows, target = result["rows"], {}
     for row in row_order(rows):
-        if not row.endswith(GUARDED) or starting_point(row) not in rows:
+        if not guard_of(row) or starting_point(row) not in rows:
             continue
         base = rows[starting_point(row)]["per_seed"]
         per_seed = {
@@ -175,12 +177,12 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {row} | {g['versus']} | " + " | ".join(cells) + " |")
     target = result.get("guarded_target") or {}
     if target:
-        guard = ", ".join(f"{k} = {v}" for k, v in _flat(result.get("guard", {})).items())
+        guards = "; ".join(f"*{label}*: " + ", ".join(f"{k} = {v}" for k, v in _flat(settings).items()) for label, settings in result.get("guards", {}).items())
         lines += [
             "",
             "## Guarded Evolver against the generalisation target",
             "",
-            f"Guard settings: {guard}. Target: above its merge in domain *and* no worse than it out of domain, on at least 2 of 3 seeds. "
+            f"Guard settings: {guards}. Target: above its merge in domain *and* no worse than it out of domain, on at least 2 of 3 seeds. "
             "Per seed: Δ in-domain / Δ out-of-domain against the merge.",
             "",
             "| row | versus | target met on | per seed |",

@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "generations": 5,
         "seeds": [1, 2, 3],
         "mergers": None,  # every registered merging method
+        "guards": None,  # every guard variant
     },
     "quick": {
         "in_domain": ["airline", "deflategate", "coachella"],
@@ -69,6 +70,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "seeds": [1, 2],
         # One method without and one with task vectors and a seeded mask: every kind of row, in under 3 minutes.
         "mergers": ["average", "dare"],
+        "guards": ["guarded"],
     },
 }
 
@@ -165,14 +167,24 @@ def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any]
 # -- pipeline rows --------------------------------------------------------------------------------------
 
 
-# Guarded Evolver (see the README's benchmark commentary): half of every dev domain held back as validation; an
-# offspring must not lower the validation score, and the output is the accepted state with the best one (early
-# stopping on the lineage). The ablation's traces show out-of-domain scores eroding as accepted steps pile up.
-GUARDED = " (guarded)"
-GUARD: dict[str, Any] = {"data": {"validation": 0.5}, "validation_tolerance": 0.0}
+# Guarded Evolver, one row per variant and merging method (see the README's benchmark commentary). `guarded`:
+# half of every dev domain held back as validation, an offspring may not lower the validation score, and the
+# output is the accepted state with the best one (early stopping on the lineage). `guarded, F=0.1` adds the
+# reference code's own F for its emotion experiments: smaller steps, which matter most where a merge sums its
+# members' task vectors (task arithmetic, DARE): there one offspring moves the merged model five times as far.
+GUARDS: dict[str, dict[str, Any]] = {
+    "guarded": {"data": {"validation": 0.5}, "validation_tolerance": 0.0},
+    "guarded, F=0.1": {"data": {"validation": 0.5}, "validation_tolerance": 0.0, "F": 0.1},
+}
 
 
-def pipeline_runs(generations: int, mergers: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+def guard_of(row: str) -> str | None:
+    """The guard variant of a row name such as `Evolver + ties (guarded)`, or None."""
+    label = row.rpartition(" (")[2].removesuffix(")") if row.endswith(")") else None
+    return label if label in GUARDS else None
+
+
+def pipeline_runs(generations: int, mergers: list[str] | None = None, guards: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(run name, config overrides) of every pipeline run of one seed, in the order they run."""
     from tasks.merge.registry import MERGER_NAMES
 
@@ -182,7 +194,7 @@ def pipeline_runs(generations: int, mergers: list[str] | None = None) -> list[tu
     runs.append((EVOLVER_PLAIN, {"mode": "plain"}))
     runs += [(f"Evolver + {m}", {"merger": m}) for m in mergers]
     runs.append((SEQUENTIAL, {"merger": "average", "schedule": "sequential"}))
-    runs += [(f"Evolver + {m}{GUARDED}", {"merger": m, **GUARD}) for m in mergers]
+    runs += [(f"Evolver + {m} ({label})", {"merger": m, **GUARDS[label]}) for label in guards or GUARDS for m in mergers]
     return [(name, {"generations": generations, **overrides}) for name, overrides in runs]
 
 
@@ -440,13 +452,24 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "rows": {},
             "complete": False,
         }
-    result["guard"] = GUARD
+    result["guards"] = GUARDS
     run_stamp = started_at.strftime("%Y%m%dT%H%M%S")
 
     def publish(plots: bool = False) -> None:
-        if not args.rows:  # an addition keeps the benchmark's own wall time and records its own
+        if not args.rows:
             result["wall_s"] = round(time.perf_counter() - started, 1)
-        report.write(result, results_dir, plots=plots)
+            report.write(result, results_dir, plots=plots)
+            return
+        # An addition keeps the benchmark's own wall time and records its own. It re-reads the file and writes
+        # back only its own rows, so several additions can run at once.
+        latest = json.loads(existing.read_text())
+        latest["rows"].update({row: result["rows"][row] for row in addition["rows"] if row in result["rows"]})
+        mine = (addition["command"], addition["started"])
+        latest["additions"] = [a for a in latest.get("additions", []) if (a["command"], a["started"]) != mine] + [addition]
+        latest["guards"] = GUARDS
+        latest["complete"] = all("finished" in a for a in latest["additions"])
+        latest["schedules"] = report.schedule_comparison(latest)
+        report.write(latest, results_dir, plots=plots)
 
     def record(row: str, seeds: list[int], values: dict[str, Any], seeded: bool) -> None:
         entry = result["rows"].setdefault(row, {"seeded": seeded, "computed_once": not seeded, "per_seed": {}})
@@ -457,7 +480,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if not args.rows:
         for row, values in references(conf0, population, log).items():
             record(row, sizes["seeds"], values, seeded=False)
-    runs = pipeline_runs(sizes["generations"], sizes["mergers"])
+    runs = pipeline_runs(sizes["generations"], sizes["mergers"], sizes.get("guards"))
     if args.rows:
         runs = [run for run in runs if any(pattern in run[0] for pattern in args.rows)]
         for run_name, _ in runs:

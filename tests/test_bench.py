@@ -41,7 +41,7 @@ def expected_rows(sizes: dict) -> list[str]:
         bench.EVOLVER_PLAIN,
         *[f"Evolver + {m}" for m in mergers],
         bench.SEQUENTIAL,
-        *[f"Evolver + {m}{bench.GUARDED}" for m in mergers],
+        *[f"Evolver + {m} ({label})" for label in sizes["guards"] for m in mergers],
         bench.ENSEMBLE,
         bench.MULTITASK,
     ]
@@ -131,7 +131,7 @@ def test_gains_pair_each_evolver_row_with_its_starting_point_by_seed(quick):
         deltas = [run["in_domain"] - start[seed]["in_domain"] for seed, run in data["rows"][row]["per_seed"].items()]
         assert gain["in_domain"]["mean"] == pytest.approx(sum(deltas) / len(deltas)), row
         assert gain["in_domain"]["higher_on"] == sum(d > 0 for d in deltas), row
-        if not row.endswith(bench.GUARDED):  # a guarded run selects on part of dev and outputs on validation
+        if not bench.guard_of(row):  # a guarded run selects on part of dev and outputs on validation
             assert gain["dev_fitness"]["lower_on"] == 0, row  # Evolver keeps an offspring only if it improves dev
     assert "## Evolver against its starting point" in (quick["results"] / f"{NAME}.md").read_text()
 
@@ -148,12 +148,12 @@ def test_report_re_renders_the_markdown_from_the_json(quick, tmp_path):
 def test_guarded_rows_report_the_generalisation_target(quick):
     data = quick["data"]
     target = data["guarded_target"]
-    assert set(target) == {f"Evolver + {m}{bench.GUARDED}" for m in data["sizes"]["mergers"]}
+    assert set(target) == {f"Evolver + {m} ({label})" for label in data["sizes"]["guards"] for m in data["sizes"]["mergers"]}
     for row, entry in target.items():
         merge = data["rows"][entry["versus"]]["per_seed"]
         met = [s for s, run in data["rows"][row]["per_seed"].items() if run["in_domain"] > merge[s]["in_domain"] and run["out_of_domain"] >= merge[s]["out_of_domain"]]
         assert sorted(entry["met_seeds"]) == sorted(met) and entry["met_on"] == len(met), row
-    assert data["guard"] == bench.GUARD
+    assert data["guards"] == bench.GUARDS
     assert "## Guarded Evolver against the generalisation target" in (quick["results"] / f"{NAME}.md").read_text()
 
 
@@ -163,12 +163,12 @@ def test_rows_can_be_added_to_a_finished_benchmark(quick, tmp_path):
     results = tmp_path / "results"
     results.mkdir()
     stored = json.loads((quick["results"] / f"{NAME}.json").read_text())
-    (results / f"{NAME}.json").write_text(json.dumps({**stored, "rows": {k: v for k, v in stored["rows"].items() if not k.endswith(bench.GUARDED)}}))
+    (results / f"{NAME}.json").write_text(json.dumps({**stored, "rows": {k: v for k, v in stored["rows"].items() if not bench.guard_of(k)}}))
     command = [sys.executable, "-m", "bench.run", "--quick", "--name", NAME, "--workdir", str(quick["workdir"]), "--results", str(results), "--rows", "guarded", "--jobs", "2"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     added = json.loads((results / f"{NAME}.json").read_text())
-    assert added["complete"] and added["additions"][-1]["rows"] == [r for r in stored["rows"] if r.endswith(bench.GUARDED)]
+    assert added["complete"] and added["additions"][-1]["rows"] == [r for r in stored["rows"] if bench.guard_of(r)]
     for row, entry in stored["rows"].items():
         for seed, run in entry["per_seed"].items():
             again = added["rows"][row]["per_seed"][seed]
