@@ -421,8 +421,10 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     conf0 = base_config(population, workdir, sizes, name)
     if args.rows:
         result = json.loads(existing.read_text())
-        stored = {k: v for k, v in result["sizes"].items() if k != "seeds"}
-        if stored != {k: v for k, v in sizes.items() if k != "seeds"}:
+        # Only what shapes the data and the members must match; seeds, mergers and guards pick which rows run.
+        selection = ("seeds", "mergers", "guards")
+        stored = {k: v for k, v in result["sizes"].items() if k not in selection}
+        if stored != {k: v for k, v in sizes.items() if k not in selection}:
             raise SystemExit(f"--rows: {existing} was made with other sizes ({stored}); use the same --size options")
         addition = {
             "command": shlex.join(["python", "-m", "bench.run", *argv]),
