@@ -250,11 +250,18 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
         kept = result["runs"].get(method, {})
         result["runs"][method] = {run_name: kept.get(run_name, {"setting": setting, "per_seed": {}}) for run_name, setting in runs_of(variant, method)}
     jobs = [job for job in jobs if str(job[0]) not in result["runs"][job[1]][job[2]]["per_seed"]]
+    left_over = 0
+    if args.runs:
+        known = {run_name for method in methods for run_name, _ in runs_of(variant, method)}
+        if set(args.runs) - known:
+            raise SystemExit(f"--runs: unknown run(s) {sorted(set(args.runs) - known)}; runs: {sorted(known)}")
+        left_over = sum(job[2] not in args.runs for job in jobs)
+        jobs = [job for job in jobs if job[2] in args.runs]
     # Workers share the cores: one torch thread each by default. Longest runs first, so the pool ends together.
     workers = max(1, args.jobs)
     threads = max(1, (os.cpu_count() or 1) // workers)
     order = sorted(jobs, key=lambda j: (-j[3]["G"], j[1] != "ties", j[0]))
-    log(f"{len(jobs)} runs on {workers} worker(s) with {threads} torch thread(s) each")
+    log(f"{len(jobs)} runs on {workers} worker(s) with {threads} torch thread(s) each" + (f"; {left_over} left for later (--runs)" if left_over else ""))
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
         # The current setting's runs are traced generation by generation (the plot's trajectories); the other
@@ -273,7 +280,7 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
             )
             result["runs"][method][run_name]["per_seed"][str(seed)] = entry
             publish(plots=done % 10 == 0)
-    result["complete"] = True
+    result["complete"] = left_over == 0  # a study cut short by --runs stays marked partial
     result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     result["machine"]["loadavg_at_end"] = os.getloadavg()
     publish(plots=True)

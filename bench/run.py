@@ -571,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--methods", nargs="+", default=None, help="ablation only: merging methods Evolver runs inside, and `plain` (default: average ties plain)")
     parser.add_argument("--resume", action="store_true", help="ablation only: keep the finished runs of <results>/<name>.json and run the rest")
+    parser.add_argument(
+        "--runs", nargs="+", default=None, metavar="RUN",
+        help="ablation only: run just these runs of each method and seed (current, F=0.1, heads=identical, ...); the rest stay to do",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="pipeline runs at once, in worker processes (2 on 2 CPU cores: one torch thread each)")
     parser.add_argument(
         "--rows", nargs="+", default=None, metavar="PATTERN",
