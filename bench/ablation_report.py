@@ -42,6 +42,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                     "start": spread([v[f"start_{key}"] for v in values.values()]),
                     "end": spread([v[f"end_{key}"] for v in values.values()]),
                     "delta": {**spread(deltas), "higher_on": sum(d > 0 for d in deltas), "lower_on": sum(d < 0 for d in deltas)},
+                    "delta_per_seed": {seed: v[f"end_{key}"] - v[f"start_{key}"] for seed, v in values.items()},
                 }
             table.setdefault(method, {})[label] = cell
     return table
@@ -49,16 +50,27 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 
 def factor_effects(table: dict[str, Any]) -> dict[str, Any]:
     """method -> factor -> the level with the best mean Δ out-of-domain, and the range of that mean over levels:
-    the factor with the widest range is the one that moves the out-of-domain change most."""
+    the factor with the widest range is the one that moves the out-of-domain change most. Levels are compared
+    on the seeds every level of the factor has (paired), so a level run on fewer seeds is not set against
+    another level's mean over other seeds; a factor with a single measured level has no effect to report."""
     effects: dict[str, Any] = {}
     for method, cells in table.items():
-        by_factor: dict[str, list[tuple[str, float]]] = {}
+        by_factor: dict[str, dict[str, dict[str, float]]] = {}
         for label, cell in cells.items():
-            by_factor.setdefault(cell["factor"], []).append((label, cell["out_of_domain"]["delta"]["mean"]))
+            by_factor.setdefault(cell["factor"], {})[label] = cell["out_of_domain"]["delta_per_seed"]
         for factor, levels in by_factor.items():
-            means = [m for _, m in levels]
-            best = max(levels, key=lambda lv: lv[1])
-            effects.setdefault(method, {})[factor] = {"range": max(means) - min(means), "best_level": best[0], "best_delta": best[1], "levels": dict(levels)}
+            seeds = sorted(set.intersection(*(set(v) for v in levels.values())))
+            if len(levels) < 2 or not seeds:
+                continue
+            means = {label: sum(v[s] for s in seeds) / len(seeds) for label, v in levels.items()}
+            best = max(means, key=means.get)
+            effects.setdefault(method, {})[factor] = {
+                "range": max(means.values()) - min(means.values()),
+                "best_level": best,
+                "best_delta": means[best],
+                "levels": means,
+                "seeds": seeds,
+            }
     return effects
 
 
@@ -103,7 +115,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "## Which factor moves the out-of-domain change",
             "",
-            "Per method and factor: the range of the mean Δ out-of-domain over the factor's levels, and the level where it is highest.",
+            "Per method and factor: the range of the mean Δ out-of-domain over the factor's levels, and the level where it is "
+            "highest, on the seeds that every level of the factor has.",
             "",
             "| factor | " + " | ".join(_title(m) for m in effects) + " |",
             "|---|" + "---|" * len(effects),
@@ -112,7 +125,7 @@ def markdown(result: dict[str, Any]) -> str:
             cells = []
             for method in effects:
                 e = effects[method].get(factor)
-                cells.append(f"range {e['range']:.4f}; best {e['best_level']} ({e['best_delta']:+.4f})" if e else "")
+                cells.append(f"range {e['range']:.4f}; best {e['best_level']} ({e['best_delta']:+.4f}); seeds {', '.join(e['seeds'])}" if e else "not measured")
             lines.append(f"| {factor} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

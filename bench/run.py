@@ -486,7 +486,9 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if args.rows:
         runs = [run for run in runs if any(pattern in run[0] for pattern in args.rows)]
         for run_name, _ in runs:
-            result["rows"].pop(run_name, None)
+            # The seeds run now are replaced; a row's other seeds stay (--seeds 3 completes a row run on 1 and 2).
+            for entry in [result["rows"].get(run_name)] if run_name in result["rows"] else []:
+                entry["per_seed"] = {s: v for s, v in entry["per_seed"].items() if int(s) not in sizes["seeds"]}
             addition["rows"].append(run_name)
     schedule = [(run, [s]) for s in sizes["seeds"] for run in runs if seeded(run[0])]
     schedule = [(run, sizes["seeds"]) for run in runs if not seeded(run[0])] + schedule
