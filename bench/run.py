@@ -170,11 +170,14 @@ def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any]
 # Guarded Evolver, one row per variant and merging method (see the README's benchmark commentary). `guarded`:
 # half of every dev domain held back as validation, an offspring may not lower the validation score, and the
 # output is the accepted state with the best one (early stopping on the lineage). `guarded, F=0.1` adds the
-# reference code's own F for its emotion experiments: smaller steps, which matter most where a merge sums its
-# members' task vectors (task arithmetic, DARE): there one offspring moves the merged model five times as far.
+# reference code's own F for its emotion experiments: smaller steps. `guarded, held-out domain` holds back a
+# whole dev domain instead (the last one listed, chosen before any result): validation then measures transfer
+# to a domain fitness never saw, the nearest thing on dev data to out-of-domain traffic.
+HELD_OUT_DOMAIN = "validation_domain"  # a guard key of the bench, not of the pipeline: resolved by guarded_config
 GUARDS: dict[str, dict[str, Any]] = {
     "guarded": {"data": {"validation": 0.5}, "validation_tolerance": 0.0},
     "guarded, F=0.1": {"data": {"validation": 0.5}, "validation_tolerance": 0.0, "F": 0.1},
+    "guarded, held-out domain": {HELD_OUT_DOMAIN: "last", "validation_tolerance": 0.0},
 }
 
 
@@ -199,7 +202,13 @@ def pipeline_runs(generations: int, mergers: list[str] | None = None, guards: li
 
 
 def with_overrides(conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """conf with overrides applied, nested mappings (the `data` block) merged key by key."""
+    """conf with overrides applied, nested mappings (the `data` block) merged key by key; the bench's
+    `validation_domain: last` moves the last dev source from fitness to validation."""
+    if HELD_OUT_DOMAIN in overrides:
+        overrides = dict(overrides)
+        overrides.pop(HELD_OUT_DOMAIN)
+        *fitness, held_out = conf["data"]["dev"]
+        conf = {**conf, "data": {**conf["data"], "dev": fitness, "validation": [held_out]}}
     merged = dict(conf)
     for key, value in overrides.items():
         merged[key] = with_overrides(conf[key], value) if isinstance(value, dict) and isinstance(conf.get(key), dict) else value

@@ -614,8 +614,9 @@ def _report(run: Run, model) -> dict[str, Any]:
         report["dev_sources"] = {source: taskpool.metrics(m) for source, m in zip(sources, counts["fitness"]) if sum(map(sum, m))}
     if run.cfg.data.validation is not None:
         report["validation"] = _pooled(counts["validation"])
-        # Every dev-source row, fitness and validation alike: comparable with an unguarded run's `dev`.
-        dev_rows = [f + v for f, v in zip(_as_arrays(counts["fitness"]), _as_arrays(counts["validation"]))][: len(run.cfg.data.dev_sources)]
+        # Every dev row, fitness and validation alike (named validation sources included): comparable with the
+        # `dev` of a run that selects on all of them.
+        dev_rows = [f + v for f, v in zip(_as_arrays(counts["fitness"]), _as_arrays(counts["validation"]))]
         report["dev_all"] = _pooled([m.tolist() for m in dev_rows])
     heldout = {name: taskpool.metrics(_confusion(run, model, f"data/heldout/{name}.safetensors")) for name in run.cfg.data.heldout}
     groups = {

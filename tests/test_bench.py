@@ -230,3 +230,15 @@ def test_ablation_current_point_is_the_benchmark_row(ablation, quick):
     assert (point["in_domain"], point["out_of_domain"], point["dev_fitness"]) == (row["in_domain"], row["out_of_domain"], row["dev_fitness"])
     start = quick["data"]["rows"]["average"]["per_seed"]["1"]
     assert (trace[0]["in_domain"], trace[0]["out_of_domain"]) == (start["in_domain"], start["out_of_domain"])
+
+
+def test_held_out_domain_guard_moves_the_last_dev_domain_to_validation():
+    """The bench's `validation_domain: last` gives a pipeline config whose fitness never sees that domain."""
+    from tasks.config import EvolverConfig
+
+    dev = ["data/airline/dev.csv", "data/apple/dev.csv", "data/coachella/dev.csv"]
+    conf = {"models": ["m0", "m1"], "data": {"dev": dev, "heldout": {"airline": "data/airline/test.csv"}}, "merger": "average"}
+    guarded = bench.with_overrides(conf, {"generations": 2, **bench.GUARDS["guarded, held-out domain"]})
+    resolved = EvolverConfig.model_validate(guarded)
+    assert resolved.data.dev_sources == dev[:2] and resolved.data.validation_sources == dev[2:]
+    assert resolved.validation_tolerance == 0.0 and conf["data"]["dev"] == dev  # the template is left alone
