@@ -74,6 +74,33 @@ def factor_effects(table: dict[str, Any]) -> dict[str, Any]:
     return effects
 
 
+def step_statistics(result: dict[str, Any]) -> dict[str, Any]:
+    """method -> over every accepted step of the current setting's runs (traced generation by generation, all
+    seeds): how many, the mean change of out-of-domain macro-F1 per step, the share of steps that lower it, and
+    the correlation of a step's dev gain with its out-of-domain change (does buying dev fitness cost OOD?)."""
+    import statistics
+
+    stats: dict[str, Any] = {}
+    for method in result["methods"]:
+        runs = result["runs"].get(method, {}).get("current", {}).get("per_seed", {})
+        dev, ood = [], []
+        for entry in runs.values():
+            for before, after in zip(entry["trace"], entry["trace"][1:]):
+                if after["sha256"] != before["sha256"]:
+                    dev.append(after["dev_fitness"] - before["dev_fitness"])
+                    ood.append(after["out_of_domain"] - before["out_of_domain"])
+        if len(ood) < 3:
+            continue
+        stats[method] = {
+            "steps": len(ood),
+            "seeds": len(runs),
+            "mean_ood_change": statistics.fmean(ood),
+            "share_lowering_ood": sum(d < 0 for d in ood) / len(ood),
+            "corr_dev_gain_ood_change": statistics.correlation(dev, ood) if len(set(dev)) > 1 and len(set(ood)) > 1 else None,
+        }
+    return stats
+
+
 def _title(method: str) -> str:
     return "Evolver (plain mode)" if method == PLAIN else f"Evolver + {method}"
 
@@ -109,6 +136,18 @@ def markdown(result: dict[str, Any]) -> str:
                 + " | ".join(_delta(cell[k]["delta"], cell["seeds"]) for k in KEYS)
                 + f" | {ood['start']['mean']:.4f} → {ood['end']['mean']:.4f} |"
             )
+        lines.append("")
+    steps = result.get("steps") or {}
+    if steps:
+        lines += [
+            "## What one accepted step does (current setting, every generation of every seed)",
+            "",
+            "| method | accepted steps | mean Δ out-of-domain per step | steps that lower it | corr(Δ dev, Δ out-of-domain) |",
+            "|---|---|---|---|---|",
+        ]
+        for method, st in steps.items():
+            corr = "n/a" if st["corr_dev_gain_ood_change"] is None else f"{st['corr_dev_gain_ood_change']:+.2f}"
+            lines.append(f"| {_title(method)} | {st['steps']} ({st['seeds']} seeds) | {st['mean_ood_change']:+.4f} | {st['share_lowering_ood']:.0%} | {corr} |")
         lines.append("")
     if effects:
         factors = list(result["levels"])
@@ -180,6 +219,7 @@ def write(result: dict[str, Any], out_dir: Path, *, plots: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     result["summary"] = summarise(result)
     result["effects"] = factor_effects(result["summary"])
+    result["steps"] = step_statistics(result)
     name = result["name"]
     write_json_and_markdown(result, out_dir, markdown(result))
     if plots:

@@ -213,6 +213,11 @@ def test_ablation_runs_every_level_and_traces_every_generation(ablation):
     assert levels == {f"{factor}={value}" for factor, values in LEVELS["quick"].items() for value in values}
     assert set(data["summary"]["plain"]) == {f"heads={v}" for v in LEVELS["quick"]["heads"]}
     assert set(data["effects"]["average"]) == set(LEVELS["quick"])
+    # Per-step statistics count exactly the traced steps that changed the output (and need three of them).
+    for method in data["methods"]:
+        trace = data["runs"][method]["current"]["per_seed"]["1"]["trace"]
+        changed = sum(after["sha256"] != before["sha256"] for before, after in zip(trace, trace[1:]))
+        assert data["steps"].get(method, {}).get("steps", 0) == (changed if changed >= 3 else 0), method
     markdown = (ablation["results"] / "ablation-quick.md").read_text()
     assert "## Which factor moves the out-of-domain change" in markdown and f"G={CURRENT['quick']['G']} (current)" in markdown
     assert (ablation["results"] / "ablation-quick_tradeoff.png").read_bytes()[:4] == b"\x89PNG"
