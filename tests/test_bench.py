@@ -158,7 +158,7 @@ def test_guarded_rows_report_the_generalisation_target(quick):
 
 
 def test_rows_can_be_added_to_a_finished_benchmark(quick, tmp_path):
-    """`--rows guarded --seeds 2` completes guarded rows that only have seed 1, with two workers, and gets the
+    """`--rows (guarded) --seeds 2` completes guarded rows that only have seed 1, with two workers, and gets the
     same numbers as the full run made in one process (the rows do not depend on who ran them); seed 1 stays."""
     results = tmp_path / "results"
     results.mkdir()
@@ -166,7 +166,7 @@ def test_rows_can_be_added_to_a_finished_benchmark(quick, tmp_path):
     seed_one_only = {k: {**v, "per_seed": {"1": v["per_seed"]["1"]}} if bench.guard_of(k) else v for k, v in stored["rows"].items()}
     (results / f"{NAME}.json").write_text(json.dumps({**stored, "rows": seed_one_only}))
     command = [sys.executable, "-m", "bench.run", "--quick", "--name", NAME, "--workdir", str(quick["workdir"]), "--results", str(results)]
-    command += ["--rows", "guarded", "--seeds", "2", "--jobs", "2"]
+    command += ["--rows", "(guarded)", "--seeds", "2", "--jobs", "2"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     added = json.loads((results / f"{NAME}.json").read_text())
