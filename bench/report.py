@@ -200,7 +200,7 @@ def markdown(result: dict[str, Any]) -> str:
             "",
             f"Rows {', '.join(addition['rows'])} were added by `{addition['command']}` on {addition['started']} "
             f"({addition.get('wall_s', 0):.0f} s, {addition['workers']} worker(s); {am['cpu_count']} CPUs, device {am['device']}, commit {am['git_commit']}"
-            f"{' (dirty)' if am['git_dirty'] else ''}).",
+            f"{' (dirty)' if am['git_dirty'] else ''})" + (f"; stopped before the end: {addition['stopped']}." if addition.get("stopped") else "."),
         ]
     comparison = result.get("schedules") or {}
     if comparison:
