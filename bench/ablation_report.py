@@ -51,15 +51,20 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
 def factor_effects(table: dict[str, Any]) -> dict[str, Any]:
     """method -> factor -> the level with the best mean Δ out-of-domain, and the range of that mean over levels:
     the factor with the widest range is the one that moves the out-of-domain change most. Levels are compared
-    on the seeds every level of the factor has (paired), so a level run on fewer seeds is not set against
-    another level's mean over other seeds; a factor with a single measured level has no effect to report."""
+    on the seeds they share (paired), so a level run on fewer seeds is not set against another level's mean over
+    other seeds; a factor with a single measured level has no effect to report."""
     effects: dict[str, Any] = {}
     for method, cells in table.items():
         by_factor: dict[str, dict[str, dict[str, float]]] = {}
         for label, cell in cells.items():
             by_factor.setdefault(cell["factor"], {})[label] = cell["out_of_domain"]["delta_per_seed"]
         for factor, levels in by_factor.items():
-            seeds = sorted(set.intersection(*(set(v) for v in levels.values())))
+            # Levels run on as many seeds as the best-covered one are compared on those seeds; only when fewer
+            # than two levels have them are all levels compared on the seeds they share.
+            most = max(len(v) for v in levels.values())
+            covered = {label: v for label, v in levels.items() if len(v) == most}
+            levels = covered if len(covered) >= 2 else levels
+            seeds = sorted(set.intersection(*(set(v) for v in levels.values())), key=int)
             if len(levels) < 2 or not seeds:
                 continue
             means = {label: sum(v[s] for s in seeds) / len(seeds) for label, v in levels.items()}
@@ -155,7 +160,8 @@ def markdown(result: dict[str, Any]) -> str:
             "## Which factor moves the out-of-domain change",
             "",
             "Per method and factor: the range of the mean Δ out-of-domain over the factor's levels, and the level where it is "
-            "highest, on the seeds that every level of the factor has.",
+            "highest, paired by seed: over the levels run on the most seeds (or, when only one level has them, every "
+            "level on the seeds they share).",
             "",
             "| factor | " + " | ".join(_title(m) for m in effects) + " |",
             "|---|" + "---|" * len(effects),
