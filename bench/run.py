@@ -173,9 +173,9 @@ def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any]
 # half of every dev domain held back as validation, an offspring may not lower the validation score, and the
 # output is the accepted state with the best one (early stopping on the lineage). `guarded, F=0.1` adds the
 # reference code's own F for its emotion experiments: smaller steps. `guarded, held-out domain` holds back a
-# whole dev domain instead (the last one listed, chosen before any result): validation then measures transfer
+# whole dev domain instead (the last one listed, fixed before its results): validation then measures transfer
 # to a domain fitness never saw, the nearest thing on dev data to out-of-domain traffic.
-HELD_OUT_DOMAIN = "validation_domain"  # a guard key of the bench, not of the pipeline: resolved by guarded_config
+HELD_OUT_DOMAIN = "validation_domain"  # a guard key of the bench, not of the pipeline: resolved by with_overrides
 GUARDS: dict[str, dict[str, Any]] = {
     "guarded": {"data": {"validation": 0.5}, "validation_tolerance": 0.0},
     "guarded, F=0.1": {"data": {"validation": 0.5}, "validation_tolerance": 0.0, "F": 0.1},
@@ -208,7 +208,8 @@ def with_overrides(conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     `validation_domain: last` moves the last dev source from fitness to validation."""
     if HELD_OUT_DOMAIN in overrides:
         overrides = dict(overrides)
-        overrides.pop(HELD_OUT_DOMAIN)
+        if overrides.pop(HELD_OUT_DOMAIN) != "last":
+            raise ValueError(f"{HELD_OUT_DOMAIN}: only `last` (the last dev source) is defined")
         *fitness, held_out = conf["data"]["dev"]
         conf = {**conf, "data": {**conf["data"], "dev": fitness, "validation": [held_out]}}
     merged = dict(conf)
