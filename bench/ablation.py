@@ -219,8 +219,7 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
         same = previous["variant"] == variant and previous["identical_seed"] == IDENTICAL_SEED
         same &= all(current.get(k) == v for k, v in previous["current"].items())
         same &= all(set(v) <= set(levels.get(k, [])) for k, v in previous["levels"].items())
-        shape = lambda s: {k: v for k, v in s.items() if k not in ("seeds", "mergers", "guards")}  # not row choices
-        if not same or shape(previous["sizes"]) != shape(sizes):
+        if not same or bench.data_sizes(previous["sizes"]) != bench.data_sizes(sizes):
             raise SystemExit(f"--resume: {existing} is another study (variant, settings or sizes differ); use another --name")
         done_methods = [m for m, runs in previous["runs"].items() if any(e["per_seed"] for e in runs.values())]
         result["methods"] = methods = methods + [m for m in done_methods if m not in methods]

@@ -3,6 +3,7 @@ which factor moves the out-of-domain change most; JSON, Markdown and the trade-o
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,6 @@ def step_statistics(result: dict[str, Any]) -> dict[str, Any]:
     """method -> over every accepted step of the current setting's runs (traced generation by generation, all
     seeds): how many, the mean change of out-of-domain macro-F1 per step, the share of steps that lower it, and
     the correlation of a step's dev gain with its out-of-domain change (does buying dev fitness cost OOD?)."""
-    import statistics
-
     stats: dict[str, Any] = {}
     for method in result["methods"]:
         runs = result["runs"].get(method, {}).get("current", {}).get("per_seed", {})

@@ -77,6 +77,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
+def data_sizes(sizes: dict[str, Any]) -> dict[str, Any]:
+    """The sizes that shape the data and the members, which finished results must share with a run added to
+    them; seeds, mergers and guards only pick which rows (or runs) are made."""
+    return {k: v for k, v in sizes.items() if k not in ("seeds", "mergers", "guards")}
+
+
 def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -433,10 +439,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     conf0 = base_config(population, workdir, sizes, name)
     if args.rows:
         result = json.loads(existing.read_text())
-        # Only what shapes the data and the members must match; seeds, mergers and guards pick which rows run.
-        selection = ("seeds", "mergers", "guards")
-        stored = {k: v for k, v in result["sizes"].items() if k not in selection}
-        if stored != {k: v for k, v in sizes.items() if k not in selection}:
+        stored = data_sizes(result["sizes"])
+        if stored != data_sizes(sizes):
             raise SystemExit(f"--rows: {existing} was made with other sizes ({stored}); use the same --size options")
         addition = {
             "command": shlex.join(["python", "-m", "bench.run", *argv]),
