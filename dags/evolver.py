@@ -7,10 +7,11 @@ dev data, and kept only where they improve fitness; in `merge` mode fitness is t
 population.
 
 **Flow**: `download_models` → `init_population` → `gen_00` (scores the initial population) → `gen_01` …
-each generation is one or more *rounds* of `make_offspring` → `evaluate` (mapped over candidate × dev
-shard) → `select` → `finalize` (fused model, held-out scores, MLflow artifacts) → `promote` (Model
-Registry: `challenger`, and `champion` if it beats the current one by `gate_rule`: on this run's dev data,
-on `gate_data` (sources selection never saw, e.g. recent production inputs), or on both).
+each generation is one or more *rounds* of `make_offspring` → `evaluate` (mapped over the candidate × dev
+shard work items, packed into at most `evaluate_tasks` tasks) → `select` → `finalize` (fused model, held-out
+scores, MLflow artifacts) → `promote` (Model Registry: `challenger`, and `champion` if it beats the current
+one by `gate_rule`: on this run's dev data, on `gate_data` (sources selection never saw, e.g. recent
+production inputs), or on both).
 
 **Guarded evolution**: `data.validation` holds back dev rows (a fraction of each source, or named sources)
 that fitness never sees; the output is then the accepted state with the best validation score, and
@@ -51,6 +52,10 @@ MAX_ROUNDS = int(os.environ.get("EVOLVER_MAX_ROUNDS", "5"))
 # Evaluate tasks can be routed to GPU workers: an Airflow pool bounds how many run at once, a queue picks the workers.
 EVALUATE_POOL = os.environ.get("EVOLVER_EVALUATE_POOL", "default_pool")
 EVALUATE_QUEUE = os.environ.get("EVOLVER_EVALUATE_QUEUE", "default")
+# CPU threads per evaluate task (0: torch's default, every core). Several single-threaded evaluate tasks beat
+# the same number of tasks that each spin one thread per core: give CPU workers 1 here and a pool of one slot
+# per core.
+EVALUATE_THREADS = int(os.environ.get("EVOLVER_EVALUATE_THREADS", "0"))
 RETRY_DELAY = timedelta(seconds=float(os.environ.get("EVOLVER_RETRY_DELAY_SECONDS", "20")))
 AWS_CONN_ID = os.environ.get("EVOLVER_AWS_CONN_ID", "aws_default")
 
@@ -170,19 +175,23 @@ def _tasks() -> None:
         return _stage("init_population")
 
     @task(trigger_rule="none_failed")
-    def make_offspring(generation: int, round_: int, rest_of_generation: list[str], later_generations: list[str]) -> list[dict]:
-        items = _stage("make_offspring", generation, round_)
-        if items is None:
+    def make_offspring(generation: int, round_: int, rest_of_generation: list[str], later_generations: list[str]) -> list[list[dict]]:
+        work = _stage("make_offspring", generation, round_)
+        if work is None:
             # Skip every task this run does not need in one go, rather than one dependency level per
             # scheduler pass: a run of 3 generations should not wait on hundreds of cascading skips.
             past_the_end = generation > int(get_current_context()["params"]["generations"])
             raise DownstreamTasksSkipped(tasks=rest_of_generation + (later_generations if past_the_end else []))
-        return items
+        return work
 
-    @task(map_index_template="{{ work_item }}", pool=EVALUATE_POOL, queue=EVALUATE_QUEUE)
-    def evaluate(item: dict) -> dict:
-        get_current_context()["work_item"] = f"candidate {item['candidate']} shard {item['shard']}"
-        return _stage("evaluate", item, _identity())
+    @task(map_index_template="{{ work_items }}", pool=EVALUATE_POOL, queue=EVALUATE_QUEUE)
+    def evaluate(items: list[dict]) -> dict:
+        get_current_context()["work_items"] = ", ".join(f"candidate {item['candidate']} shard {item['shard']}" for item in items)
+        if EVALUATE_THREADS:
+            import torch
+
+            torch.set_num_threads(EVALUATE_THREADS)
+        return _stage("evaluate", items, _identity())
 
     @task
     def select(generation: int, round_: int) -> dict:
@@ -215,8 +224,8 @@ def _tasks() -> None:
 
                 @task_group(group_id=f"round_{round_}")
                 def one_round():
-                    items = make_offspring(generation, round_, rest_of_generation, later_generations)
-                    evaluate.expand(item=items) >> select(generation, round_)
+                    work = make_offspring(generation, round_, rest_of_generation, later_generations)
+                    evaluate.expand(items=work) >> select(generation, round_)
 
                 current = one_round()
                 if previous is not None:

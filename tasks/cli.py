@@ -27,11 +27,11 @@ def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print) -> dict[str, Any
     stages.init_population(conf, run_id)
     for generation in range(cfg.generations + 1):
         for round_ in range(stages.rounds_needed(cfg)):
-            items = stages.make_offspring(conf, run_id, generation, round_)
-            if items is None:
+            work = stages.make_offspring(conf, run_id, generation, round_)
+            if work is None:
                 break
-            for item in items:
-                stages.evaluate(conf, run_id, item)
+            for items in work:
+                stages.evaluate(conf, run_id, items)
             result = stages.select(conf, run_id, generation, round_)
             if result["done"]:
                 log(

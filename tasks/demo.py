@@ -88,6 +88,8 @@ def build_demo_population(workdir: Path, *, quick: bool = False, log: Callable[[
         "CR": 0.5,
         "seed": 1,
         "shards": 2,
+        # One evaluate task per CPU core (2 here) scores a round: fewer, fuller tasks under a real scheduler.
+        "evaluate_tasks": 2,
         "store": str(workdir / "store"),
         # An absolute path after sqlite:/// gives the four slashes SQLAlchemy expects for one.
         "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",

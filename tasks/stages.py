@@ -296,8 +296,9 @@ def _replace(members: list[str], replacements: dict[int, str]) -> list[str]:
     return [replacements.get(i, key) for i, key in enumerate(members)]
 
 
-def make_offspring(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> list[dict[str, Any]] | None:
-    """Write the round's offspring and candidates; return its (candidate, shard) work items, or None to skip."""
+def make_offspring(conf: dict[str, Any], run_id: str, generation: int, round_: int) -> list[list[dict[str, Any]]] | None:
+    """Write the round's offspring and candidates; return its (candidate, shard) work items packed into
+    evaluate tasks (`evaluate_tasks`), or None to skip the round."""
     run = Run(conf, run_id)
     cfg = run.cfg
     if generation > cfg.generations or round_ >= (1 if generation == 0 else rounds_needed(cfg)):
@@ -329,11 +330,17 @@ def make_offspring(conf: dict[str, Any], run_id: str, generation: int, round_: i
             ]
         plan = {"generation": generation, "round": round_, "candidates": candidates}
         run.store.put_json(f"{prefix}/candidates.json", plan)
-    return [
-        {"generation": generation, "round": round_, "candidate": c, "shard": s}
-        for c in range(len(plan["candidates"]))
-        for s in range(cfg.shards)
-    ]
+    items = [{"generation": generation, "round": round_, "candidate": c, "shard": s} for c in range(len(plan["candidates"])) for s in range(cfg.shards)]
+    return pack(items, cfg.evaluate_tasks)
+
+
+def pack(items: list[dict[str, Any]], tasks: int | None) -> list[list[dict[str, Any]]]:
+    """Consecutive runs of items, as even as can be, in at most `tasks` lists (None: one list per item).
+    Consecutive items share a candidate, so a task merges each of its candidates once."""
+    n = len(items) if tasks is None else min(tasks, len(items))
+    size, extra = divmod(len(items), n)
+    bounds = [i * size + min(i, extra) for i in range(n + 1)]
+    return [items[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
 # -- evaluate ---------------------------------------------------------------------------------------------
@@ -418,17 +425,23 @@ def _scores(run: Run, counts: dict[str, list]) -> tuple[float, float | None]:
     return fitness, validation
 
 
-def evaluate(conf: dict[str, Any], run_id: str, item: dict[str, Any], context: dict[str, str] | None = None) -> dict[str, Any]:
-    """Score one candidate on one dev shard; the result is the shard's confusion counts per source and role."""
+def evaluate(conf: dict[str, Any], run_id: str, items: list[dict[str, Any]], context: dict[str, str] | None = None) -> dict[str, Any]:
+    """Score candidates on dev shards, one work item after the other; each item's result is its shard's
+    confusion counts per source and role, under its own key (so a retried task redoes only what is missing)."""
     run = Run(conf, run_id)
-    g, r, c, s = item["generation"], item["round"], item["candidate"], item["shard"]
-    key = f"gen={g}/round={r}/cand={c}/shard={s}.json"
-    if run.store.exists(key):
-        return {"key": key}
-    candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
-    counts = _dev_counts(run, _scored_model(run, candidate["members"], g), s, run.cfg.shards)
-    run.store.put_json(key, {"counts": counts, "item": item, "context": context or {}})
-    return {"key": key}
+    keys, model_of = [], {}
+    for item in items:
+        g, r, c, s = item["generation"], item["round"], item["candidate"], item["shard"]
+        key = f"gen={g}/round={r}/cand={c}/shard={s}.json"
+        keys.append(key)
+        if run.store.exists(key):
+            continue
+        if (g, r, c) not in model_of:
+            candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
+            model_of = {(g, r, c): _scored_model(run, candidate["members"], g)}  # one model at a time in memory
+        counts = _dev_counts(run, model_of[(g, r, c)], s, run.cfg.shards)
+        run.store.put_json(key, {"counts": counts, "item": item, "context": context or {}})
+    return {"keys": keys}
 
 
 # -- select -----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import yaml
 
 from tasks.cli import main
 
@@ -12,7 +13,8 @@ def _run(config, out, *extra):
 
 def test_same_seed_and_any_shard_count_give_identical_results(tiny_config, tmp_path):
     one = _run(tiny_config, tmp_path / "a", "--set", "shards=1")
-    three = _run(tiny_config, tmp_path / "b", "--set", "shards=3")
+    # 3 shards, packed into 2 evaluate tasks per round: a task scores several work items
+    three = _run(tiny_config, tmp_path / "b", "--set", "shards=3", "--set", "evaluate_tasks=2")
     again = _run(tiny_config, tmp_path / "c", "--set", "shards=1")
     assert one["generations"] == three["generations"] == again["generations"]
     assert one["fused_model_sha256"] == three["fused_model_sha256"] == again["fused_model_sha256"]
@@ -32,9 +34,38 @@ def test_plain_mode_never_loses_fitness(tiny_config, tmp_path, schedule):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("bogus=1", "bogus: unknown key"), ("F=2.5", "F:"), ("generations=-1", "generations:")],
+    [
+        ("bogus=1", "bogus: unknown key"),
+        ("F=2.5", "F:"),
+        ("generations=-1", "generations:"),
+    ],
 )
 def test_bad_config_fails_before_compute(tiny_config, tmp_path, capsys, override, message):
     assert main(["run", str(tiny_config), "--set", override]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "store").exists()
+
+
+def test_a_round_must_fit_one_mapped_airflow_task(tiny_config):
+    """A generational round scores every model on every shard, in one mapped task of at most 1024 items."""
+    from tasks.config import ConfigError, EvolverConfig
+
+    conf = yaml.safe_load(tiny_config.read_text())
+    conf["models"] = conf["models"] * 2  # 6 models
+    assert EvolverConfig.from_dict({**conf, "shards": 170}).shards == 170  # 1020 work items
+    with pytest.raises(ConfigError, match="6 candidates x 171 shards = 1026 evaluate tasks in one round"):
+        EvolverConfig.from_dict({**conf, "shards": 171})
+    # The sequential schedule in merge mode scores one candidate per round.
+    assert EvolverConfig.from_dict({**conf, "shards": 256, "schedule": "sequential"}).shards == 256
+    with pytest.raises(ConfigError, match="6 candidates x 256 shards"):
+        EvolverConfig.from_dict({**conf, "shards": 256, "schedule": "sequential", "mode": "plain"})
+
+
+@pytest.mark.parametrize("n_items, tasks, sizes", [(9, None, [1] * 9), (9, 2, [5, 4]), (6, 2, [3, 3]), (2, 4, [1, 1]), (7, 3, [3, 2, 2])])
+def test_work_items_pack_into_at_most_the_configured_tasks_in_order(n_items, tasks, sizes):
+    from tasks.stages import pack
+
+    items = [{"candidate": i // 3, "shard": i % 3} for i in range(n_items)]
+    packed = pack(items, tasks)
+    assert [len(batch) for batch in packed] == sizes
+    assert [item for batch in packed for item in batch] == items  # every item once, in order

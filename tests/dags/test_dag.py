@@ -24,7 +24,8 @@ def test_dag_run_matches_cli(dag, tiny_config, tmp_path):
     from tasks.config import EvolverConfig
 
     conf = yaml.safe_load(tiny_config.read_text())
-    conf.update(fitness_aggregate="mean_domain", validation_tolerance=0.05)
+    # ... and each round's work items packed into 2 evaluate tasks (the CLI scores them one by one)
+    conf.update(fitness_aggregate="mean_domain", validation_tolerance=0.05, evaluate_tasks=2)
     conf["data"]["validation"] = 0.3
     conf = EvolverConfig.from_dict(conf).resolved()  # every key: see test_bad_input_fails_at_once...
     run = dag.test(run_conf=conf)
