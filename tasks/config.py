@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tasks.merge.params import MergeParams
 from tasks.merge.registry import MERGER_NAMES, METHODS
 
-# Airflow's default [core] max_map_length: the most (candidate, shard) work items one round may have.
-MAX_WORK_ITEMS = 1024
+# Airflow's default [core] max_map_length: the most evaluate tasks one round may map.
+MAX_EVALUATE_TASKS = 1024
+
 
 class InputError(ValueError):
     """Bad input found before compute (config, checkpoints, data, store); the message says what and where."""
@@ -124,13 +125,13 @@ class EvolverConfig(_Strict):
     CR: float = Field(0.5, ge=0.0, le=1.0, title="CR (crossover rate)")
     # All randomness (reference choice, crossover masks, visit order) derives from (seed, generation, individual, tensor).
     seed: int = Field(1, ge=0, le=2**31 - 1, title="Seed")
-    # Dev-set shards per candidate; each shard is one evaluate task. Scores are identical for any count.
+    # Dev-set shards per candidate; each (candidate, shard) pair is one work item. Scores are identical for any count.
     shards: int = Field(1, ge=1, le=256, title="Shards")
     # How a round's (candidate, shard) work items are packed into evaluate tasks: at most this many tasks, each
     # scoring its items one after the other in one process. A task costs a process start and a model build, so
     # on small models fewer, fuller tasks (one per CPU core or GPU) finish sooner. null: one task per item.
     evaluate_tasks: int | None = Field(
-        None, ge=1, le=MAX_WORK_ITEMS, title="Evaluate tasks per round", description="Pack each round's work items into at most this many tasks; null: one per item."
+        None, ge=1, le=MAX_EVALUATE_TASKS, title="Evaluate tasks per round", description="Pack each round's work items into at most this many tasks; null: one per item."
     )
     # Regexes of parameter names that are not evolved or merged (e.g. ".*classifier.*"); those keep the first model's values.
     exclude: list[str] = Field(default_factory=list, title="Exclude", description="Regexes of parameter names kept from the first model.")
@@ -203,12 +204,15 @@ class EvolverConfig(_Strict):
     @model_validator(mode="after")
     def _rounds_fit_one_mapped_task(self) -> EvolverConfig:
         # A round scores all its candidates at once (one per model in the generational schedule and in plain
-        # mode's first generation), each on every dev shard; the DAG maps one task over those work items.
+        # mode's first generation), each on every dev shard; the DAG maps one evaluate task over those work
+        # items, or over `evaluate_tasks` packs of them.
         candidates = 1 if self.schedule == "sequential" and self.mode == "merge" else len(self.models)
-        if candidates * self.shards > MAX_WORK_ITEMS:
+        items = candidates * self.shards
+        if items > MAX_EVALUATE_TASKS and self.evaluate_tasks is None:  # (evaluate_tasks itself is capped)
             raise ValueError(
-                f"{candidates} candidates x {self.shards} shards = {candidates * self.shards} evaluate tasks in one round, "
-                f"more than the {MAX_WORK_ITEMS} one mapped Airflow task may have ([core] max_map_length): use fewer shards"
+                f"{candidates} candidates x {self.shards} shards = {items} evaluate tasks in one round, more than the "
+                f"{MAX_EVALUATE_TASKS} one mapped Airflow task may have ([core] max_map_length): use fewer shards, or "
+                f"pack them with evaluate_tasks"
             )
         return self
 

@@ -429,17 +429,17 @@ def evaluate(conf: dict[str, Any], run_id: str, items: list[dict[str, Any]], con
     """Score candidates on dev shards, one work item after the other; each item's result is its shard's
     confusion counts per source and role, under its own key (so a retried task redoes only what is missing)."""
     run = Run(conf, run_id)
-    keys, model_of = [], {}
+    keys, scored = [], None  # (candidate, its model): consecutive items share a candidate, merged once
     for item in items:
         g, r, c, s = item["generation"], item["round"], item["candidate"], item["shard"]
         key = f"gen={g}/round={r}/cand={c}/shard={s}.json"
         keys.append(key)
         if run.store.exists(key):
             continue
-        if (g, r, c) not in model_of:
+        if scored is None or scored[0] != (g, r, c):
             candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
-            model_of = {(g, r, c): _scored_model(run, candidate["members"], g)}  # one model at a time in memory
-        counts = _dev_counts(run, model_of[(g, r, c)], s, run.cfg.shards)
+            scored = ((g, r, c), _scored_model(run, candidate["members"], g))
+        counts = _dev_counts(run, scored[1], s, run.cfg.shards)
         run.store.put_json(key, {"counts": counts, "item": item, "context": context or {}})
     return {"keys": keys}
 

@@ -47,7 +47,7 @@ def test_bad_config_fails_before_compute(tiny_config, tmp_path, capsys, override
 
 
 def test_a_round_must_fit_one_mapped_airflow_task(tiny_config):
-    """A generational round scores every model on every shard, in one mapped task of at most 1024 items."""
+    """A generational round scores every model on every shard, in one mapped task of at most 1024 tasks."""
     from tasks.config import ConfigError, EvolverConfig
 
     conf = yaml.safe_load(tiny_config.read_text())
@@ -55,6 +55,8 @@ def test_a_round_must_fit_one_mapped_airflow_task(tiny_config):
     assert EvolverConfig.from_dict({**conf, "shards": 170}).shards == 170  # 1020 work items
     with pytest.raises(ConfigError, match="6 candidates x 171 shards = 1026 evaluate tasks in one round"):
         EvolverConfig.from_dict({**conf, "shards": 171})
+    # Packed into fewer tasks, the same work items fit.
+    assert EvolverConfig.from_dict({**conf, "shards": 171, "evaluate_tasks": 16}).evaluate_tasks == 16
     # The sequential schedule in merge mode scores one candidate per round.
     assert EvolverConfig.from_dict({**conf, "shards": 256, "schedule": "sequential"}).shards == 256
     with pytest.raises(ConfigError, match="6 candidates x 256 shards"):
