@@ -203,6 +203,7 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
         "current": current,
         "levels": levels,
         "methods": methods,
+        "mask_stream": args.mask_stream,
         "identical_seed": IDENTICAL_SEED,
         "populations": {k: {"members": v["members"], "wall_s": v["wall_s"]} for k, v in populations.items()},
         "points": [list(p) for p in points_of(variant)],
@@ -219,8 +220,9 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
         same = previous["variant"] == variant and previous["identical_seed"] == IDENTICAL_SEED
         same &= all(current.get(k) == v for k, v in previous["current"].items())
         same &= all(set(v) <= set(levels.get(k, [])) for k, v in previous["levels"].items())
+        same &= bench.mask_stream_of(previous) == args.mask_stream
         if not same or bench.data_sizes(previous["sizes"]) != bench.data_sizes(sizes):
-            raise SystemExit(f"--resume: {existing} is another study (variant, settings or sizes differ); use another --name")
+            raise SystemExit(f"--resume: {existing} is another study (variant, settings, sizes or --mask-stream differ); use another --name")
         done_methods = [m for m, runs in previous["runs"].items() if any(e["per_seed"] for e in runs.values())]
         result["methods"] = methods = methods + [m for m in done_methods if m not in methods]
         result["sizes"]["seeds"] = sorted({*previous["sizes"]["seeds"], *sizes["seeds"]})
@@ -238,7 +240,7 @@ def run_ablation(args, argv: list[str]) -> dict[str, Any]:
     for seed in sizes["seeds"]:
         for method in methods:
             for run_name, setting in runs_of(variant, method):
-                conf = bench.base_config(populations[setting["heads"]], workdir, sizes, name)
+                conf = bench.base_config(populations[setting["heads"]], workdir, sizes, name, args.mask_stream)
                 conf.update(F=setting["F"], CR=setting["CR"], generations=setting["G"], seed=seed)
                 conf.update(mode="plain") if method == PLAIN else conf.update(merger=method)
                 if setting["dev"] != current["dev"]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from bench.ablation import PLAIN, PLAIN_FACTORS
 from bench.report import spread, write_json_and_markdown
+from bench.run import mask_stream_of
 
 KEYS = {"dev_fitness": "dev fitness", "in_domain": "in-domain", "out_of_domain": "out-of-domain"}
 
@@ -125,7 +126,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"commit {m['git_commit']}{' (dirty)' if m['git_dirty'] else ''}",
         f"- population: the benchmark's ({', '.join(sizes['in_domain'])}; out of domain {', '.join(sizes['out_of_domain'])}); "
         f"`heads=identical` fine-tunes every member with seed {result['identical_seed']}",
-        "- the current setting: " + ", ".join(f"{k} = {v}" for k, v in current.items()) + "; generational schedule; one factor moves at a time",
+        "- the current setting: " + ", ".join(f"{k} = {v}" for k, v in current.items())
+        + f"; crossover stream `{mask_stream_of(result)}`; generational schedule; one factor moves at a time",
         f"- seeds {', '.join(map(str, sizes['seeds']))} (the run seed); Δ = the score after the last generation minus the starting merge "
         "(generation 0 of the same run), paired by seed: mean ± std, and on how many seeds it rose (↑) or fell (↓)",
         "- held-out scores are only reported; every selection inside the runs uses dev data",

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.run import ENSEMBLE, EVOLVER_PLAIN, GUARDS, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL, guard_of
+from bench.run import ENSEMBLE, EVOLVER_PLAIN, GUARDS, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL, guard_of, mask_stream_of
 
 COLUMNS = {"in_domain": "in-domain macro-F1", "out_of_domain": "out-of-domain macro-F1", "dev_fitness": "dev fitness (macro-F1)", "wall_s": "wall s"}
 GENERATIONAL = "Evolver + average"
@@ -141,7 +141,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"({sizes['train']} train tweets each, {sizes['epochs']} epochs); out of domain: {', '.join(sizes['out_of_domain'])}",
         f"- splits (seed {result['split_seed']}): dev {sizes['dev']} / test {sizes['test']} per in-domain domain, {sizes['ood_test']} per out-of-domain set; "
         "fitness = the dev splits concatenated",
-        f"- Evolver: G = {sizes['generations']}, F = {result['hyperparameters']['F']}, CR = {result['hyperparameters']['CR']}, generational schedule "
+        f"- Evolver: G = {sizes['generations']}, F = {result['hyperparameters']['F']}, CR = {result['hyperparameters']['CR']}, "
+        f"crossover stream `{mask_stream_of(result)}`, generational schedule "
         "unless noted; merging methods at their documented defaults",
         f"- seeds {', '.join(map(str, seeds))}: {result['varied_per_seed']}",
         "- mean ± sample std over seeds. A row marked `no` in *seeded* cannot depend on the run seed (no random draw, fixed fine-tuning): "

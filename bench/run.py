@@ -141,7 +141,7 @@ def build_population(workdir: Path, sizes: dict[str, Any], log=_log, *, member_s
     }
 
 
-def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any], name: str) -> dict[str, Any]:
+def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any], name: str, mask_stream: str = "counter") -> dict[str, Any]:
     """The run configuration every pipeline row starts from."""
     from tasks.demo import MAX_LENGTH
 
@@ -162,6 +162,7 @@ def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any]
         "generations": sizes["generations"],
         "F": 0.5,
         "CR": 0.5,
+        "mask_stream": mask_stream,
         "shards": 1,
         "baselines": False,
         "store": str(workdir / "store"),
@@ -207,6 +208,11 @@ def pipeline_runs(generations: int, mergers: list[str] | None = None, guards: li
     runs.append((SEQUENTIAL, {"merger": "average", "schedule": "sequential"}))
     runs += [(f"Evolver + {m} ({label})", {"merger": m, **GUARDS[label]}) for label in guards or GUARDS for m in mergers]
     return [(name, {"generations": generations, **overrides}) for name, overrides in runs]
+
+
+def mask_stream_of(result: dict[str, Any]) -> str:
+    """The crossover stream a results file was made with; files from before 2026-11-27 do not say: theirs was torch-mt19937."""
+    return result.get("hyperparameters", result).get("mask_stream", "torch-mt19937")
 
 
 def with_overrides(conf: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -436,12 +442,14 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     if args.rows and not existing.is_file():
         raise SystemExit(f"--rows adds rows to {existing}, which does not exist: run the whole benchmark first")
     population = build_population(workdir, sizes, log)
-    conf0 = base_config(population, workdir, sizes, name)
+    conf0 = base_config(population, workdir, sizes, name, args.mask_stream)
     if args.rows:
         result = json.loads(existing.read_text())
         stored = data_sizes(result["sizes"])
         if stored != data_sizes(sizes):
             raise SystemExit(f"--rows: {existing} was made with other sizes ({stored}); use the same --size options")
+        if mask_stream_of(result) != args.mask_stream:
+            raise SystemExit(f"--rows: {existing} was made with --mask-stream {mask_stream_of(result)}; add rows with the same stream")
         addition = {
             "command": shlex.join(["python", "-m", "bench.run", *argv]),
             "started": started_at.isoformat(timespec="seconds"),
@@ -464,7 +472,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             "split_seed": SPLIT_SEED,
             "varied_per_seed": "the run seed only (Evolver's references, crossover masks and visit order; DARE's drop masks; the dev "
             "batches Fisher / RegMean statistics are computed on). Splits (seed 0) and fine-tuning (member seed k) are fixed.",
-            "hyperparameters": {"F": conf0["F"], "CR": conf0["CR"], "generations": sizes["generations"], "merge_params": "tasks.merge.params defaults", "finetune": population["recipe"]},
+            "hyperparameters": {"F": conf0["F"], "CR": conf0["CR"], "mask_stream": args.mask_stream, "generations": sizes["generations"], "merge_params": "tasks.merge.params defaults", "finetune": population["recipe"]},
             "config_template": conf0,
             "population": population,
             "rows": {},
@@ -592,6 +600,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--runs", nargs="+", default=None, metavar="RUN",
         help="ablation only: run just these runs of each method and seed (current, F=0.1, heads=identical, ...); the rest stay to do",
+    )
+    parser.add_argument(
+        "--mask-stream", choices=("counter", "torch-mt19937"), default="counter",
+        help="Evolver's crossover stream (config `mask_stream`); torch-mt19937 reproduces results made before 2026-11-27",
     )
     parser.add_argument("--jobs", type=int, default=1, help="pipeline runs at once, in worker processes (2 on 2 CPU cores: one torch thread each)")
     parser.add_argument(

@@ -125,6 +125,12 @@ class EvolverConfig(_Strict):
     CR: float = Field(0.5, ge=0.0, le=1.0, title="CR (crossover rate)")
     # All randomness (reference choice, crossover masks, visit order) derives from (seed, generation, individual, tensor).
     seed: int = Field(1, ge=0, le=2**31 - 1, title="Seed")
+    # Where the crossover masks come from. `counter`: a hash of (seed, generation, individual, tensor, index),
+    # computed in one fused pass on the tensor's device (tasks/crossover.py). `torch-mt19937`: the CPU generator
+    # per tensor of runs made before 2026-11-27, about 25 times slower; only to reproduce their results.
+    mask_stream: Literal["counter", "torch-mt19937"] = Field(
+        "counter", title="Mask stream", description="counter (default) or torch-mt19937 (reproduces runs made before 2026-11-27)."
+    )
     # Dev-set shards per candidate; each (candidate, shard) pair is one work item. Scores are identical for any count.
     shards: int = Field(1, ge=1, le=256, title="Shards")
     # How a round's (candidate, shard) work items are packed into evaluate tasks: at most this many tasks, each

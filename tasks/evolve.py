@@ -1,8 +1,10 @@
 """The Evolver operators: pure tensor and bookkeeping code, no I/O.
 
 Offspring (ALGORITHM.md): v = x_i + F (x_r - x_i); per coordinate u_j = v_j if U(0,1) < CR else x_ij.
-Every random draw comes from a generator seeded by (run seed, generation, individual[, tensor name]), made
-on the CPU, so an offspring is bit-identical whatever the tensor order, device or number of workers.
+Every random draw is keyed by (run seed, generation, individual[, tensor name]), so an offspring is
+bit-identical whatever the tensor order, device or number of workers. The crossover masks come from the
+counter-based stream of `tasks.crossover`; `mask_stream: torch-mt19937` keeps the stream of runs made before
+2026-11-27 (a CPU generator per tensor), so their results can be reproduced.
 
 Acceptance is strict everywhere (a tie keeps the parent). The two schedules are expressed as *rounds*:
 a round is a set of candidates evaluated together, then one selection.
@@ -62,12 +64,30 @@ def choose_reference(
     return max(others, key=lambda j: (fitness[j], -j))
 
 
+MASK_STREAMS = ("counter", "torch-mt19937")
+
+
 def offspring_tensor(
-    target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, seed: int, generation: int, individual: int, name: str
+    target: torch.Tensor,
+    reference: torch.Tensor,
+    *,
+    F: float,
+    CR: float,
+    seed: int,
+    generation: int,
+    individual: int,
+    name: str,
+    stream: str = "counter",
 ) -> torch.Tensor:
     """Mutation then per-coordinate crossover for one tensor. Returns a new tensor (never a view of the parent)."""
     if target.shape != reference.shape:
         raise ValueError(f"{name}: target shape {tuple(target.shape)} != reference shape {tuple(reference.shape)}")
+    if stream == "counter":
+        from tasks import crossover
+
+        return crossover.offspring(target, reference, F=F, CR=CR, key=derive_seed(seed, generation, individual, name))
+    if stream != "torch-mt19937":
+        raise ValueError(f"mask stream {stream!r}: expected one of {', '.join(MASK_STREAMS)}")
     x_i = target.float()
     mutant = x_i + F * (reference.float() - x_i)
     mask = torch.rand(target.shape, generator=_generator(seed, generation, individual, name)) < CR

@@ -274,7 +274,15 @@ def _write_offspring(run: Run, generation: int, target: int, reference: int, mem
     with run.store.open_tensors(members[target]) as x_i, run.store.open_tensors(members[reference]) as x_r:
         for name in run.record["names"]:
             offspring[name] = evolve.offspring_tensor(
-                x_i.get_tensor(name), x_r.get_tensor(name), F=cfg.F, CR=cfg.CR, seed=cfg.seed, generation=generation, individual=target, name=name
+                x_i.get_tensor(name),
+                x_r.get_tensor(name),
+                F=cfg.F,
+                CR=cfg.CR,
+                seed=cfg.seed,
+                generation=generation,
+                individual=target,
+                name=name,
+                stream=cfg.mask_stream,
             )
     run.store.put_tensors(key, offspring)
     return key

@@ -1,0 +1,206 @@
+"""Offspring at memory bandwidth: the crossover mask as a counter-based random stream.
+
+Coordinate j (the flat index into a tensor) takes the mutant when
+
+    u_j = mix(mix(lo32(j) ^ k0) ^ hi32(j) ^ k1) >> 8    <    ceil(CR * 2^24)
+
+where mix is Wellons' `lowbias32` integer hash and (k0, k1) are the two 32-bit halves of
+`derive_seed(seed, generation, individual, tensor name)`. u_j / 2^24 is a float32-exact uniform in [0, 1),
+so the test reads as the algorithm's "U(0,1) < CR". Each bit is a pure function of its key and index: no
+generator state, so a chunk, a shard or a device computes its bits alone and they are the same everywhere.
+
+Three implementations compute the same bits and the same offspring (`tests/test_crossover.py`):
+- `offspring_torch`: torch integer ops on any device; the specification, and the fallback.
+- `offspring_numba`: one fused, multi-threaded loop on the CPU (reads x_i and x_r once, writes once).
+- `offspring_triton`: one fused kernel on CUDA, so no mask goes through host memory.
+The float part is the same three IEEE operations everywhere, v = x_i + F (x_r - x_i) in float32 with no
+fused multiply-add, so an offspring is bit-identical on every implementation and device.
+
+The stream before this one (`mask_stream: torch-mt19937`, see `tasks.evolve`) drew torch.rand on a CPU
+generator per tensor: 4.5 % of this machine's copy bandwidth, and host memory on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+MULT1 = 0x7FEB352D  # lowbias32's multipliers (Chris Wellons' hash-prospector, bias 0.17)
+MULT2 = 0x846CA68B
+U32 = 0xFFFFFFFF
+UNIFORM_BITS = 24  # the bits of a float32 uniform, as torch.rand draws them
+# The torch path works on this many coordinates at a time, so its int64 temporaries stay bounded.
+TORCH_CHUNK = 1 << 22
+
+
+def threshold(CR: float) -> int:
+    """The integer form of "U < CR" for a 24-bit uniform: u < ceil(CR * 2^24)."""
+    if not 0.0 <= CR <= 1.0:
+        raise ValueError(f"CR must be in [0, 1], got {CR}")
+    return math.ceil(CR * (1 << UNIFORM_BITS))
+
+
+def split_key(key: int) -> tuple[int, int]:
+    return key & U32, (key >> 32) & U32
+
+
+# -- the specification: torch integer ops, exact on every device ------------------------------------
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    # (x * c) mod 2^32 for x in [0, 2^32), in int64 without ever overflowing: multiply by c's two 16-bit halves.
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & U32
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> 16)
+    x = _mul32(x, MULT1)
+    x = x ^ (x >> 15)
+    x = _mul32(x, MULT2)
+    return x ^ (x >> 16)
+
+
+def uniform_bits(key: int, start: int, count: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """u_j for j in [start, start + count), as int64 in [0, 2^24)."""
+    k0, k1 = split_key(key)
+    j = torch.arange(start, start + count, dtype=torch.int64, device=device)
+    return _mix(_mix((j & U32) ^ k0) ^ (j >> 32) ^ k1) >> (32 - UNIFORM_BITS)
+
+
+def mask(numel: int, key: int, CR: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The flat crossover mask of a tensor with `numel` coordinates."""
+    limit = threshold(CR)
+    return torch.cat([uniform_bits(key, s, min(TORCH_CHUNK, numel - s), device) < limit for s in range(0, numel, TORCH_CHUNK)] or [torch.zeros(0, dtype=torch.bool, device=device)])
+
+
+def offspring_torch(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int) -> torch.Tensor:
+    flat_i, flat_r = target.reshape(-1), reference.reshape(-1)
+    out = torch.empty_like(flat_i)
+    limit = threshold(CR)
+    for s in range(0, flat_i.numel(), TORCH_CHUNK):
+        x_i = flat_i[s : s + TORCH_CHUNK].float()
+        take = uniform_bits(key, s, x_i.numel(), x_i.device) < limit
+        mutant = x_i + F * (flat_r[s : s + TORCH_CHUNK].float() - x_i)
+        out[s : s + TORCH_CHUNK] = torch.where(take, mutant, x_i).to(out.dtype)
+    return out.view(target.shape)
+
+
+# -- CPU: one fused numba loop ---------------------------------------------------------------------
+
+_numba_kernel = None
+
+
+def _build_numba_kernel():
+    import numpy as np
+    from numba import njit, prange, uint32
+
+    m1, m2, mask32 = np.uint32(MULT1), np.uint32(MULT2), np.uint64(U32)
+    shift = uint32(32 - UNIFORM_BITS)
+
+    @njit(inline="always")
+    def mix(x):
+        x = uint32(x ^ (x >> uint32(16)))
+        x = uint32(x * m1)
+        x = uint32(x ^ (x >> uint32(15)))
+        x = uint32(x * m2)
+        return uint32(x ^ (x >> uint32(16)))
+
+    # No fastmath: without it LLVM may not contract a * b + c into an FMA, which would change the bits.
+    @njit(parallel=True, cache=True)
+    def kernel(x_i, x_r, out, F, limit, k0, k1, start):
+        for i in prange(x_i.shape[0]):
+            j = np.uint64(start + i)
+            u = mix(uint32(mix(uint32(j & mask32) ^ k0) ^ uint32(j >> np.uint64(32)) ^ k1)) >> shift
+            a = x_i[i]
+            out[i] = a + F * (x_r[i] - a) if u < limit else a
+
+    return kernel
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def offspring_numba(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int) -> torch.Tensor:
+    global _numba_kernel
+    import numpy as np
+
+    if _numba_kernel is None:
+        _numba_kernel = _build_numba_kernel()
+    k0, k1 = split_key(key)
+    args = (np.float32(F), np.uint32(threshold(CR)), np.uint32(k0), np.uint32(k1))
+    flat_i, flat_r = target.reshape(-1), reference.reshape(-1)
+    if target.dtype == torch.float32:
+        out = torch.empty_like(flat_i)
+        _numba_kernel(flat_i.contiguous().numpy(), flat_r.contiguous().numpy(), out.numpy(), *args, 0)
+        return out.view(target.shape)
+    # Half precision: float32 chunks through the same kernel, then rounded back as torch rounds (nearest even).
+    out = torch.empty_like(flat_i)
+    chunk = torch.empty(min(TORCH_CHUNK, flat_i.numel()), dtype=torch.float32)
+    for s in range(0, flat_i.numel(), TORCH_CHUNK):
+        a, b = flat_i[s : s + TORCH_CHUNK].float(), flat_r[s : s + TORCH_CHUNK].float()
+        part = chunk[: a.numel()]
+        _numba_kernel(a.numpy(), b.numpy(), part.numpy(), *args, s)
+        out[s : s + TORCH_CHUNK] = part.to(out.dtype)
+    return out.view(target.shape)
+
+
+# -- CUDA: one fused Triton kernel (tasks/crossover_triton.py) -------------------------------------
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def offspring_triton(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int, block: int = 4096) -> torch.Tensor:
+    from tasks.crossover_triton import offspring_kernel
+
+    # The key words travel as int32 bit patterns, so every key compiles to the same kernel signature.
+    k0, k1 = (k - (1 << 32) if k >= 1 << 31 else k for k in split_key(key))
+    flat_i, flat_r = target.reshape(-1).contiguous(), reference.reshape(-1).contiguous()
+    out = torch.empty_like(flat_i)
+    n = flat_i.numel()
+    if n:
+        # enable_fp_fusion=False keeps a + F * (b - a) as three rounded operations, as on the CPU.
+        offspring_kernel[((n + block - 1) // block,)](
+            flat_i, flat_r, out, n, float(F), threshold(CR), k0, k1, BLOCK=block, enable_fp_fusion=False
+        )
+    return out.view(target.shape)
+
+
+# -- dispatch -----------------------------------------------------------------------------------------
+
+# EVOLVER_CROSSOVER_KERNEL=torch forces the specification (for a check, or where numba/triton misbehave).
+KERNELS = ("auto", "torch", "numba", "triton")
+
+
+def kernel_for(device: torch.device) -> str:
+    chosen = os.environ.get("EVOLVER_CROSSOVER_KERNEL", "auto")
+    if chosen not in KERNELS:
+        raise ValueError(f"EVOLVER_CROSSOVER_KERNEL={chosen!r}: expected one of {', '.join(KERNELS)}")
+    if chosen != "auto":
+        return chosen
+    if device.type == "cuda" and triton_available():
+        return "triton"
+    if device.type == "cpu" and numba_available():
+        return "numba"
+    return "torch"
+
+
+def offspring(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int) -> torch.Tensor:
+    """Mutation then crossover of one tensor with the counter stream; a new tensor in the target's dtype."""
+    kernel = kernel_for(target.device)
+    if kernel == "numba" and target.is_floating_point():
+        return offspring_numba(target, reference, F=F, CR=CR, key=key)
+    if kernel == "triton" and target.is_floating_point():
+        return offspring_triton(target, reference, F=F, CR=CR, key=key)
+    return offspring_torch(target, reference, F=F, CR=CR, key=key)
