@@ -36,7 +36,6 @@ import multiprocessing
 import os
 import shlex
 import shutil
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.run import ENSEMBLE, EVOLVER_PLAIN, GUARDS, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL, guard_of, mask_stream_of
+from bench.run import ENSEMBLE, EVOLVER_PLAIN, INDIVIDUAL_BEST, INDIVIDUAL_MEAN, MULTITASK, SEQUENTIAL, guard_of, mask_stream_of
 
 COLUMNS = {"in_domain": "in-domain macro-F1", "out_of_domain": "out-of-domain macro-F1", "dev_fitness": "dev fitness (macro-F1)", "wall_s": "wall s"}
 GENERATIONAL = "Evolver + average"

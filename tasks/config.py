@@ -63,6 +63,9 @@ class DataConfig(_Strict):
     max_length: int = Field(64, ge=8, le=4096, title="Max tokens")
     # Evaluation batch size. Shards are cut on batch boundaries, so scores do not depend on the shard count.
     batch_size: int = Field(64, ge=1, le=4096, title="Eval batch size")
+    # A token budget per batch as well: consecutive examples while count x the batch's longest fits. On a GPU,
+    # set a large batch_size and the tokens that fit (e.g. 65536); scores still do not depend on the shard count.
+    batch_tokens: int | None = Field(None, ge=8, title="Eval batch tokens", description="At most this many padded tokens per batch; null: batch_size alone.")
 
     @model_validator(mode="after")
     def _ood_names_exist(self) -> DataConfig:
@@ -175,6 +178,11 @@ class EvolverConfig(_Strict):
     gate_rule: Literal["dev", "gate_data", "both"] = Field("dev", title="Gate rule", description="dev | gate_data | both")
     # auto uses CUDA when present.
     device: Literal["auto", "cpu", "cuda"] = Field("auto", title="Device")
+    # The dtype candidates are evaluated (and the fused model saved) in. `checkpoint`: the members' own; bfloat16
+    # halves memory traffic on a GPU. Merges, offspring and statistics are computed in float32 either way.
+    dtype: Literal["checkpoint", "float32", "bfloat16", "float16"] = Field(
+        "checkpoint", title="Evaluation dtype", description="checkpoint (the members' own), float32, bfloat16 or float16."
+    )
 
     @field_validator("exclude")
     @classmethod

@@ -22,6 +22,7 @@ generator per tensor: 4.5 % of this machine's copy bandwidth, and host memory on
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -75,9 +76,19 @@ def mask(numel: int, key: int, CR: float, device: torch.device | str = "cpu") ->
     return torch.cat([uniform_bits(key, s, min(TORCH_CHUNK, numel - s), device) < limit for s in range(0, numel, TORCH_CHUNK)] or [torch.zeros(0, dtype=torch.bool, device=device)])
 
 
-def offspring_torch(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int) -> torch.Tensor:
+def _output(target: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Where an offspring goes, flat: a new tensor, or `out` (any shape, the target's size and dtype, contiguous),
+    which a caller reuses from tensor to tensor to skip the allocation and its page faults."""
+    if out is None:
+        return torch.empty(target.numel(), dtype=target.dtype, device=target.device)
+    if out.numel() != target.numel() or out.dtype != target.dtype or out.device != target.device or not out.is_contiguous():
+        raise ValueError(f"out: {out.numel()} {out.dtype} on {out.device} for a target of {target.numel()} {target.dtype} on {target.device}")
+    return out.view(-1)
+
+
+def offspring_torch(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int, out: torch.Tensor | None = None) -> torch.Tensor:
     flat_i, flat_r = target.reshape(-1), reference.reshape(-1)
-    out = torch.empty_like(flat_i)
+    out = _output(target, out)
     limit = threshold(CR)
     for s in range(0, flat_i.numel(), TORCH_CHUNK):
         x_i = flat_i[s : s + TORCH_CHUNK].float()
@@ -119,6 +130,7 @@ def _build_numba_kernel():
     return kernel
 
 
+@functools.cache
 def numba_available() -> bool:
     try:
         import numba  # noqa: F401
@@ -127,32 +139,43 @@ def numba_available() -> bool:
     return True
 
 
-def offspring_numba(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int) -> torch.Tensor:
+def numba_kernel():
+    """The compiled kernel for float32 tensors, built once per process (numba caches the machine code on disk)."""
     global _numba_kernel
+    if _numba_kernel is None:
+        from numba import float32, int64, uint32
+
+        kernel = _build_numba_kernel()
+        array = float32[::1]
+        kernel.compile((array, array, array, float32, uint32, uint32, uint32, int64))
+        _numba_kernel = kernel
+    return _numba_kernel
+
+
+def offspring_numba(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int, out: torch.Tensor | None = None) -> torch.Tensor:
     import numpy as np
 
-    if _numba_kernel is None:
-        _numba_kernel = _build_numba_kernel()
+    kernel = numba_kernel()
     k0, k1 = split_key(key)
     args = (np.float32(F), np.uint32(threshold(CR)), np.uint32(k0), np.uint32(k1))
     flat_i, flat_r = target.reshape(-1), reference.reshape(-1)
+    out = _output(target, out)
     if target.dtype == torch.float32:
-        out = torch.empty_like(flat_i)
-        _numba_kernel(flat_i.contiguous().numpy(), flat_r.contiguous().numpy(), out.numpy(), *args, 0)
+        kernel(flat_i.contiguous().numpy(), flat_r.contiguous().numpy(), out.numpy(), *args, 0)
         return out.view(target.shape)
     # Half precision: float32 chunks through the same kernel, then rounded back as torch rounds (nearest even).
-    out = torch.empty_like(flat_i)
     chunk = torch.empty(min(TORCH_CHUNK, flat_i.numel()), dtype=torch.float32)
     for s in range(0, flat_i.numel(), TORCH_CHUNK):
         a, b = flat_i[s : s + TORCH_CHUNK].float(), flat_r[s : s + TORCH_CHUNK].float()
         part = chunk[: a.numel()]
-        _numba_kernel(a.numpy(), b.numpy(), part.numpy(), *args, s)
+        kernel(a.numpy(), b.numpy(), part.numpy(), *args, s)
         out[s : s + TORCH_CHUNK] = part.to(out.dtype)
     return out.view(target.shape)
 
 
 # -- CUDA: one fused Triton kernel (tasks/crossover_triton.py) -------------------------------------
 
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401
@@ -161,18 +184,22 @@ def triton_available() -> bool:
     return True
 
 
-def offspring_triton(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int, block: int = 4096) -> torch.Tensor:
+def offspring_triton(
+    target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int, out: torch.Tensor | None = None, block: int = 2048, num_warps: int = 16
+) -> torch.Tensor:
+    # block and num_warps: the best of a 4 x 3 sweep on an H200 (0.82 and 0.92 of torch.add's bandwidth on 94 MB and
+    # 304 MB tensors; the default 4096 / 4 gave 0.47 and 0.58). bench/README.md has the sweep.
     from tasks.crossover_triton import offspring_kernel
 
     # The key words travel as int32 bit patterns, so every key compiles to the same kernel signature.
     k0, k1 = (k - (1 << 32) if k >= 1 << 31 else k for k in split_key(key))
     flat_i, flat_r = target.reshape(-1).contiguous(), reference.reshape(-1).contiguous()
-    out = torch.empty_like(flat_i)
+    out = _output(target, out)
     n = flat_i.numel()
     if n:
         # enable_fp_fusion=False keeps a + F * (b - a) as three rounded operations, as on the CPU.
         offspring_kernel[((n + block - 1) // block,)](
-            flat_i, flat_r, out, n, float(F), threshold(CR), k0, k1, BLOCK=block, enable_fp_fusion=False
+            flat_i, flat_r, out, n, float(F), threshold(CR), k0, k1, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False
         )
     return out.view(target.shape)
 
@@ -196,11 +223,12 @@ def kernel_for(device: torch.device) -> str:
     return "torch"
 
 
-def offspring(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int) -> torch.Tensor:
-    """Mutation then crossover of one tensor with the counter stream; a new tensor in the target's dtype."""
+def offspring(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Mutation then crossover of one tensor with the counter stream, in the target's dtype: a new tensor, or
+    written into `out`."""
     kernel = kernel_for(target.device)
     if kernel == "numba" and target.is_floating_point():
-        return offspring_numba(target, reference, F=F, CR=CR, key=key)
+        return offspring_numba(target, reference, F=F, CR=CR, key=key, out=out)
     if kernel == "triton" and target.is_floating_point():
-        return offspring_triton(target, reference, F=F, CR=CR, key=key)
-    return offspring_torch(target, reference, F=F, CR=CR, key=key)
+        return offspring_triton(target, reference, F=F, CR=CR, key=key, out=out)
+    return offspring_torch(target, reference, F=F, CR=CR, key=key, out=out)

@@ -24,7 +24,8 @@ def _mix(x):
     return x ^ (x >> 16)
 
 
-@triton.jit
+# No specialisation on values: a key word or a threshold that happens to be 1 would otherwise become a constant.
+@triton.jit(do_not_specialize=["n", "F", "limit", "k0", "k1"])
 def offspring_kernel(x_i_ptr, x_r_ptr, out_ptr, n, F, limit, k0, k1, BLOCK: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < n

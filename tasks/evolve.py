@@ -78,16 +78,20 @@ def offspring_tensor(
     individual: int,
     name: str,
     stream: str = "counter",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mutation then per-coordinate crossover for one tensor. Returns a new tensor (never a view of the parent)."""
+    """Mutation then per-coordinate crossover for one tensor: a new tensor (never a view of the parent), or, with
+    the counter stream, written into `out` (a buffer the caller reuses)."""
     if target.shape != reference.shape:
         raise ValueError(f"{name}: target shape {tuple(target.shape)} != reference shape {tuple(reference.shape)}")
     if stream == "counter":
         from tasks import crossover
 
-        return crossover.offspring(target, reference, F=F, CR=CR, key=derive_seed(seed, generation, individual, name))
+        return crossover.offspring(target, reference, F=F, CR=CR, key=derive_seed(seed, generation, individual, name), out=out)
     if stream != "torch-mt19937":
         raise ValueError(f"mask stream {stream!r}: expected one of {', '.join(MASK_STREAMS)}")
+    if out is not None:
+        raise ValueError("out= needs the counter stream")
     x_i = target.float()
     mutant = x_i + F * (reference.float() - x_i)
     mask = torch.rand(target.shape, generator=_generator(seed, generation, individual, name)) < CR

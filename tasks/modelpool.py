@@ -149,7 +149,7 @@ def base_names(base: Path, member: Path, names: Sequence[str]) -> dict[str, str]
             problems.append(f"{name}: base {base} has {found} of shape {list(base_specs[found][1])}, the members {list(member_specs[name][1])}")
         mapping[name] = found
     if problems:
-        raise IncompatibleCheckpoints(f"base_model does not fit the members:\n  " + "\n  ".join(problems))
+        raise IncompatibleCheckpoints("base_model does not fit the members:\n  " + "\n  ".join(problems))
     if not mapping:
         raise IncompatibleCheckpoints(f"base_model {base} shares no tensor with the members: is it their pre-trained model?")
     return mapping
@@ -191,20 +191,25 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cuda")
 
 
+def load_dtype(dtype: str) -> torch.dtype | str:
+    """The config's `dtype` as `from_pretrained` takes it: `checkpoint` is the checkpoint's own ("auto")."""
+    return "auto" if dtype == "checkpoint" else getattr(torch, dtype)
+
+
 @lru_cache(maxsize=2)
-def template_model(folder: str, device: str) -> torch.nn.Module:
-    """The first member loaded once per process; candidates are loaded into it with `load_state_dict`."""
+def template_model(folder: str, device: str, dtype: str = "checkpoint") -> torch.nn.Module:
+    """The first member loaded once per process; candidates are copied into it tensor by tensor."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per task process is noise in Airflow's logs
-    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=load_dtype(dtype))
     return model.to(device).eval()
 
 
-def model_with(folder: Path, tensors: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
-    """The template model with `tensors` (a subset of its parameters) replaced."""
-    model = template_model(str(folder), str(device))
+def model_with(folder: Path, tensors: dict[str, torch.Tensor], device: torch.device, dtype: str = "checkpoint") -> torch.nn.Module:
+    """The template model with `tensors` (a subset of its parameters) replaced, cast to the model's dtype."""
+    model = template_model(str(folder), str(device), dtype)
     state = model.state_dict()
     unknown = sorted(set(tensors) - set(state))
     if unknown:

@@ -27,4 +27,9 @@ from transformers.models.bert import modeling_bert  # noqa: F401  (MiniLM and BE
 from transformers.models.mpnet import modeling_mpnet  # noqa: F401
 from transformers.models.roberta import modeling_roberta  # noqa: F401
 
-from tasks import merge, stages, taskpool, tracking  # noqa: F401
+from tasks import crossover, merge, stages, taskpool, tracking  # noqa: F401
+
+if crossover.numba_available():
+    # The offspring kernel, loaded from numba's on-disk cache (or compiled, the first time): make_offspring
+    # tasks inherit it. Loading starts none of numba's worker threads; the first call in a task does.
+    crossover.numba_kernel()

@@ -29,6 +29,7 @@ try number, map index) as MLflow tags; the CLI passes none.
 from __future__ import annotations
 
 import hashlib
+import math
 import statistics
 import tempfile
 from functools import cached_property
@@ -37,7 +38,7 @@ from typing import Any
 
 from tasks import faults
 from tasks.config import ConfigError, EvolverConfig
-from tasks.store import Store, StoreError, open_store, run_key
+from tasks.store import Store, StoreError, open_store, run_key, tensor_specs
 
 # Rounds a generation can need: N in the sequential schedule, at most 2 in the generational one.
 GENERATIONAL_ROUNDS = 2
@@ -225,7 +226,8 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
     for key, member in zip(keys, members):
         if run.store.exists(key):
             continue
-        model = modelpool.model_with(run.template, run.store.get_tensors(member), device)
+        # Statistics in float32 whatever the evaluation dtype: Fisher squares gradients, RegMean sums Gram matrices.
+        model = modelpool.model_with(run.template, run.store.get_tensors(member), device, "float32")
         stats = compute(
             model, data, run.record["names"], batches=cfg.method_params.batches, batch_size=cfg.data.batch_size, seed=evolve.derive_seed(cfg.seed, "statistics")
         )
@@ -264,27 +266,42 @@ def _state_before(run: Run, generation: int, round_: int) -> dict[str, Any] | No
 
 
 def _write_offspring(run: Run, generation: int, target: int, reference: int, members: list[str]) -> str:
+    """One offspring, streamed tensor by tensor into the store: each is computed into one reused buffer per
+    dtype (sized for the largest tensor) and written, so the process holds O(largest tensor), not a model."""
+    import torch
+
     from tasks import evolve
 
     key = f"gen={generation}/ind={target}/offspring.safetensors"
     if run.store.exists(key):
         return key
     cfg = run.cfg
-    offspring = {}
+    names = run.record["names"]
     with run.store.open_tensors(members[target]) as x_i, run.store.open_tensors(members[reference]) as x_r:
-        for name in run.record["names"]:
-            offspring[name] = evolve.offspring_tensor(
-                x_i.get_tensor(name),
-                x_r.get_tensor(name),
-                F=cfg.F,
-                CR=cfg.CR,
-                seed=cfg.seed,
-                generation=generation,
-                individual=target,
-                name=name,
-                stream=cfg.mask_stream,
-            )
-    run.store.put_tensors(key, offspring)
+        # Wider dtypes first, so every tensor's bytes start aligned to its element size.
+        specs = dict(sorted(tensor_specs(x_i, names).items(), key=lambda item: -item[1][0].itemsize))
+        buffers = {
+            dtype: torch.empty(max(math.prod(shape) for d, shape in specs.values() if d == dtype), dtype=dtype)
+            for dtype in {d for d, _ in specs.values()}
+        }
+
+        def offspring():
+            for name, (dtype, shape) in specs.items():
+                reuse = {"out": buffers[dtype][: math.prod(shape)]} if cfg.mask_stream == "counter" else {}
+                yield name, evolve.offspring_tensor(
+                    x_i.get_tensor(name),
+                    x_r.get_tensor(name),
+                    F=cfg.F,
+                    CR=cfg.CR,
+                    seed=cfg.seed,
+                    generation=generation,
+                    individual=target,
+                    name=name,
+                    stream=cfg.mask_stream,
+                    **reuse,
+                )
+
+        run.store.put_tensor_stream(key, specs, offspring())
     return key
 
 
@@ -354,9 +371,9 @@ def pack(items: list[dict[str, Any]], tasks: int | None) -> list[list[dict[str, 
 # -- evaluate ---------------------------------------------------------------------------------------------
 
 
-def _weights(run: Run, members: list[str], generation: int) -> dict[str, Any]:
+def _weights(run: Run, members: list[str], generation: int, device: Any = "cpu") -> dict[str, Any]:
     """The evolvable tensors of a candidate: one member as is, or the merge of the population with the
-    configured method, one tensor at a time. Task-vector methods average the tensors the base lacks."""
+    configured method, one tensor at a time on `device`. Task-vector methods average the tensors the base lacks."""
     if len(members) == 1:
         return run.store.get_tensors(members[0])
     from contextlib import ExitStack
@@ -375,14 +392,14 @@ def _weights(run: Run, members: list[str], generation: int) -> dict[str, Any]:
         stats = [stack.enter_context(run.store.open_tensors(key)) for key in stat_keys] if stat_keys else None
         merged = {}
         for name in run.record["names"]:
-            group = TensorGroup(name, [reader.get_tensor(name) for reader in readers], seed=evolve.derive_seed(cfg.seed, "merge", name))
+            group = TensorGroup(name, [reader.get_tensor(name).to(device) for reader in readers], seed=evolve.derive_seed(cfg.seed, "merge", name))
             if method.needs_base and name not in run.record["base_names"]:
                 merged[name] = average(group, average_params)
                 continue
             if base is not None:
-                group.base = base.get_tensor(name)
+                group.base = base.get_tensor(name).to(device)
             if stats is not None and name in stats[0].keys():
-                group.stats = [reader.get_tensor(name) for reader in stats]
+                group.stats = [reader.get_tensor(name).to(device) for reader in stats]
             merged[name] = merge(group, params)
         return merged
 
@@ -391,15 +408,16 @@ def _scored_model(run: Run, members: list[str], generation: int):
     from tasks import modelpool
 
     device = modelpool.pick_device(run.cfg.device)
-    return modelpool.model_with(run.template, _weights(run, members, generation), device)
+    return modelpool.model_with(run.template, _weights(run, members, generation, device), device, run.cfg.dtype)
 
 
 def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) -> list[list[int]]:
     from tasks import taskpool
 
     data = run.store.get_tensors(data_key)
-    rows = taskpool.shard_range(len(data["labels"]), run.cfg.data.batch_size, shards, shard)
-    return taskpool.confusion(model, data, rows, batch_size=run.cfg.data.batch_size, num_labels=run.record["num_labels"])
+    batching = {"batch_size": run.cfg.data.batch_size, "batch_tokens": run.cfg.data.batch_tokens}
+    rows = taskpool.shard_range(len(data["labels"]), shards=shards, shard=shard, lengths=data["lengths"], **batching)
+    return taskpool.confusion(model, data, rows, num_labels=run.record["num_labels"], **batching)
 
 
 def _dev_counts(run: Run, model, shard: int = 0, shards: int = 1) -> dict[str, list]:
@@ -409,11 +427,10 @@ def _dev_counts(run: Run, model, shard: int = 0, shards: int = 1) -> dict[str, l
 
     data = run.store.get_tensors("data/dev.safetensors")
     n_sources = len(run.store.get_json("init.json")["dev_sources"])
-    rows = taskpool.shard_range(len(data["labels"]), run.cfg.data.batch_size, shards, shard)
+    batching = {"batch_size": run.cfg.data.batch_size, "batch_tokens": run.cfg.data.batch_tokens}
+    rows = taskpool.shard_range(len(data["labels"]), shards=shards, shard=shard, lengths=data["lengths"], **batching)
     groups = data["source"].long() * 2 + data["validation"].long()
-    counts = taskpool.grouped_confusion(
-        model, data, rows, batch_size=run.cfg.data.batch_size, num_labels=run.record["num_labels"], groups=groups, n_groups=2 * n_sources
-    )
+    counts = taskpool.grouped_confusion(model, data, rows, num_labels=run.record["num_labels"], groups=groups, n_groups=2 * n_sources, **batching)
     return {"fitness": counts[0::2], "validation": counts[1::2]}
 
 
@@ -796,7 +813,6 @@ def gate_decision(rule: str, margins: dict[str, float]) -> tuple[bool, str]:
 
 
 def _champion_gate(run: Run, version: str, challenger: dict[str, float]) -> dict[str, Any]:
-    import torch
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -812,7 +828,7 @@ def _champion_gate(run: Run, version: str, challenger: dict[str, float]) -> dict
         return {"promoted": True, "champion_before": version, "decided_by": "earlier try", "reason": reason}
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(cfg.tracking_uri, current.run_id, Path(tmp))
-        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
     if model.config.num_labels != run.record["num_labels"] or {str(k): v for k, v in model.config.label2id.items()} != run.record["label2id"]:
         reason = f"champion version {current.version} has other labels ({model.config.label2id}); it stays, compare by hand"
         return {"promoted": False, "champion_before": str(current.version), "decided_by": "labels", "reason": reason}

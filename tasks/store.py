@@ -15,10 +15,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
+import shutil
+import struct
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -88,6 +92,16 @@ class Store(ABC):
         self.put_bytes(key, data)
         return sha256_bytes(data)
 
+    def put_tensor_stream(self, key: str, specs: dict[str, tuple[Any, tuple[int, ...]]], tensors: Iterator[tuple[str, Any]]) -> None:
+        """Save safetensors whose tensors arrive one at a time, in `specs` order (name -> (torch dtype, shape)):
+        the header is written from the specs first, then each tensor's bytes as it comes, so a model is never
+        whole in memory. Here through a temporary file; `LocalStore` writes in place."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "tensors.safetensors"
+            with open(path, "wb") as f:
+                write_tensor_stream(f, specs, tensors)
+            self.put_file(key, path)
+
     def open_tensors(self, key: str):
         """Lazy reader (`safe_open`): tensors are read one at a time with `.get_tensor(name)`."""
         from safetensors import safe_open
@@ -105,6 +119,45 @@ class Store(ABC):
         return StoreError(f"missing object {key!r} in store {self.uri}")
 
 
+_SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def tensor_specs(reader, names) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """name -> (torch dtype, shape) from a `safe_open` reader's header, without reading any tensor."""
+    import torch
+
+    by_code = {code: getattr(torch, name) for name, code in _SAFETENSORS_DTYPES.items()}
+    specs = {}
+    for name in names:
+        found = reader.get_slice(name)
+        specs[name] = (by_code[found.get_dtype()], tuple(found.get_shape()))
+    return specs
+
+
+def write_tensor_stream(f, specs: dict[str, tuple[Any, tuple[int, ...]]], tensors: Iterator[tuple[str, Any]]) -> None:
+    """The safetensors layout (8-byte little-endian header size, JSON header padded to 8 bytes, the data in
+    header order), written as the tensors arrive; each must match its spec."""
+    import torch
+
+    header, offset = {}, 0
+    for name, (dtype, shape) in specs.items():
+        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[str(dtype).removeprefix("torch.")], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    f.write(struct.pack("<Q", len(encoded)) + encoded)
+    expected = iter(specs.items())
+    for name, tensor in tensors:
+        want, (dtype, shape) = next(expected, (None, (None, None)))
+        if name != want or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"tensor stream: got {name} {tensor.dtype} {tuple(tensor.shape)}, expected {want} {dtype} {shape}")
+        f.write(memoryview(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()))
+    missing = [name for name, _ in expected]
+    if missing:
+        raise ValueError(f"tensor stream ended before {missing[:5]}")
+
+
 class LocalStore(Store):
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
@@ -118,16 +171,28 @@ class LocalStore(Store):
         return self.root / check_key(key)
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        self._atomic_write(key, lambda tmp: tmp.write(data))
+
+    def put_file(self, key: str, path: Path) -> None:
+        with open(path, "rb") as source:
+            self._atomic_write(key, lambda tmp: shutil.copyfileobj(source, tmp, 16 * MiB))
+
+    def put_tensor_stream(self, key, specs, tensors) -> None:
+        self._atomic_write(key, lambda tmp: write_tensor_stream(tmp, specs, tensors))
+
+    def _atomic_write(self, key: str, write) -> None:
+        # Readers see the old object or the whole new one: a temporary file beside it, renamed over it.
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
+            try:
+                write(tmp)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
         os.replace(tmp.name, path)
-
-    def put_file(self, key: str, path: Path) -> None:
-        self.put_bytes(key, Path(path).read_bytes())
 
     def get_bytes(self, key: str) -> bytes:
         return self.local_path(key).read_bytes()
@@ -347,6 +412,9 @@ class _ScopedStore(Store):
 
     def put_file(self, key, path):
         self.inner.put_file(self._key(key), path)
+
+    def put_tensor_stream(self, key, specs, tensors):
+        self.inner.put_tensor_stream(self._key(key), specs, tensors)
 
     def get_bytes(self, key):
         return self.inner.get_bytes(self._key(key))

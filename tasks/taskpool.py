@@ -132,37 +132,77 @@ def table(sources: str | Sequence[str], text_column: str, label_column: str):
     return pd.concat(frames, ignore_index=True)
 
 
-def shard_range(n_examples: int, batch_size: int, shards: int, shard: int) -> range:
+def batch_bounds(lengths: torch.Tensor, batch_size: int, batch_tokens: int | None = None, start: int = 0, stop: int | None = None) -> list[int]:
+    """Where the batches of rows [start, stop) begin, and `stop`: consecutive examples, at most `batch_size` of
+    them and, with `batch_tokens`, at most that many padded tokens (count x the batch's longest example).
+    Greedy from `start`, so batches cut from any batch boundary are the ones cut from 0."""
+    stop = len(lengths) if stop is None else stop
+    if batch_tokens is None:
+        return [*range(start, stop, batch_size), stop] if stop > start else [start]
+    bounds, longest = [start], 0
+    for i, length in enumerate(lengths[start:stop].tolist(), start):
+        count = i - bounds[-1]  # examples already in the open batch
+        if count and (count >= batch_size or (count + 1) * max(longest, length) > batch_tokens):
+            bounds.append(i)
+            longest = 0
+        longest = max(longest, length)
+    if stop > start:
+        bounds.append(stop)
+    return bounds
+
+
+def shard_range(n_examples: int, batch_size: int, shards: int, shard: int, lengths: torch.Tensor | None = None, batch_tokens: int | None = None) -> range:
     """Examples of one shard: a contiguous run of whole batches (batch boundaries never depend on `shards`)."""
-    n_batches = -(-n_examples // batch_size)
+    if batch_tokens is None:
+        n_batches = -(-n_examples // batch_size)
+        first, last = (n_batches * shard) // shards, (n_batches * (shard + 1)) // shards
+        return range(min(first * batch_size, n_examples), min(last * batch_size, n_examples))
+    bounds = batch_bounds(lengths, batch_size, batch_tokens)
+    n_batches = len(bounds) - 1
     first, last = (n_batches * shard) // shards, (n_batches * (shard + 1)) // shards
-    return range(min(first * batch_size, n_examples), min(last * batch_size, n_examples))
+    return range(bounds[first], bounds[last])
 
 
-def confusion(model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range, *, batch_size: int, num_labels: int) -> list[list[int]]:
+def confusion(
+    model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range, *, batch_size: int, num_labels: int, batch_tokens: int | None = None
+) -> list[list[int]]:
     """Confusion-matrix counts (true label x predicted label) of `model` on the examples in `rows`."""
-    return grouped_confusion(model, data, rows, batch_size=batch_size, num_labels=num_labels)[0]
+    return grouped_confusion(model, data, rows, batch_size=batch_size, num_labels=num_labels, batch_tokens=batch_tokens)[0]
 
 
 @torch.inference_mode()
 def grouped_confusion(
-    model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range, *, batch_size: int, num_labels: int, groups: torch.Tensor | None = None, n_groups: int = 1
+    model: torch.nn.Module,
+    data: dict[str, torch.Tensor],
+    rows: range,
+    *,
+    batch_size: int,
+    num_labels: int,
+    groups: torch.Tensor | None = None,
+    n_groups: int = 1,
+    batch_tokens: int | None = None,
 ) -> list[list[list[int]]]:
     """One confusion matrix per group (`groups[i]` in 0..n_groups-1 names example i's group; default: one group).
-    Every example is scored in the same batch whatever the grouping, so the groups add up to `confusion`."""
+    Every example is scored in the same batch whatever the grouping, so the groups add up to `confusion`.
+    The rows go to the model's device once and the counts stay there, so a GPU waits for the host only at the end."""
     device = next(model.parameters()).device
     cells = num_labels * num_labels
-    counts = torch.zeros(n_groups * cells, dtype=torch.long)
-    for start in range(rows.start, rows.stop, batch_size):
-        batch = slice(start, min(start + batch_size, rows.stop))
-        width = int(data["lengths"][batch].max())  # pad only to the longest example of this batch
-        logits = model(
-            input_ids=data["input_ids"][batch, :width].long().to(device),
-            attention_mask=data["attention_mask"][batch, :width].long().to(device),
-        ).logits
-        predicted = logits.argmax(-1).cpu()
-        group = groups[batch].long() if groups is not None else torch.zeros_like(predicted)
-        counts += torch.bincount(group * cells + data["labels"][batch] * num_labels + predicted, minlength=n_groups * cells)
+    counts = torch.zeros(n_groups * cells, dtype=torch.long, device=device)
+    if len(rows) == 0:
+        return counts.view(n_groups, num_labels, num_labels).tolist()
+    bounds = batch_bounds(data["lengths"], batch_size, batch_tokens, rows.start, rows.stop)
+    part = slice(rows.start, rows.stop)
+    width = int(data["lengths"][part].max())
+    input_ids = data["input_ids"][part, :width].to(device, non_blocking=True).long()
+    attention_mask = data["attention_mask"][part, :width].to(device, non_blocking=True).long()
+    group = groups[part].to(device).long() if groups is not None else torch.zeros(len(rows), dtype=torch.long, device=device)
+    cell = group * cells + data["labels"][part].to(device).long() * num_labels
+    widths = data["lengths"][part]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        batch = slice(start - rows.start, stop - rows.start)
+        width = int(widths[batch].max())  # pad only to the longest example of this batch
+        logits = model(input_ids=input_ids[batch, :width], attention_mask=attention_mask[batch, :width]).logits
+        counts += torch.bincount(cell[batch] + logits.argmax(-1), minlength=n_groups * cells)
     return counts.view(n_groups, num_labels, num_labels).tolist()
 
 

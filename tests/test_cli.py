@@ -24,6 +24,21 @@ def test_same_seed_and_any_shard_count_give_identical_results(tiny_config, tmp_p
     assert set(one["final"]["heldout"]) == {"books", "food", "travel", "ood"}
 
 
+def test_bfloat16_evaluation_with_token_budget_batches_is_shard_invariant(tiny_config, tmp_path):
+    from safetensors import safe_open
+
+    settings = ["--set", "dtype=bfloat16", "--set", "data.batch_tokens=300", "--set", "generations=1"]
+    one = _run(tiny_config, tmp_path / "a", *settings, "--set", "shards=1")
+    three = _run(tiny_config, tmp_path / "b", *settings, "--set", "shards=3")
+    assert one["generations"] == three["generations"]
+    assert one["fused_model_sha256"] == three["fused_model_sha256"]
+    fp32 = _run(tiny_config, tmp_path / "c", "--set", "generations=1")
+    assert fp32["fused_model_sha256"] != one["fused_model_sha256"]
+    weights = one["fused_model_uri"].removeprefix("file://") + "/model.safetensors"
+    with safe_open(weights, "pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+
+
 @pytest.mark.parametrize("schedule", ["sequential", "generational"])
 def test_plain_mode_never_loses_fitness(tiny_config, tmp_path, schedule):
     summary = _run(tiny_config, tmp_path / schedule, "--set", "mode=plain", "--set", f"schedule={schedule}")

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from tasks.store import LocalStore, MiB, S3Store, StoreError, open_store, sha256_bytes, sha256_file
+from tasks.store import LocalStore, MiB, S3Store, StoreError, open_store, sha256_bytes, sha256_file, tensor_specs
 from tests.servers import free_port
 
 
@@ -62,6 +62,29 @@ def test_tensors_round_trip(store):
         assert sorted(reader.keys()) == ["b", "w"] and torch.equal(reader.get_tensor("b"), tensors["b"])
     loaded = store.get_tensors("m.safetensors")
     assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
+
+
+def test_tensor_stream_writes_what_put_tensors_writes_and_checks_every_tensor(store):
+    tensors = {
+        "w": torch.arange(12, dtype=torch.float32).reshape(3, 4).t(),  # not contiguous
+        "b": torch.ones(5, dtype=torch.bfloat16),
+        "steps": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "empty": torch.zeros(0, 4),
+    }
+    store.put_tensors("ref.safetensors", tensors)
+    with store.open_tensors("ref.safetensors") as reader:
+        specs = tensor_specs(reader, list(tensors))
+    scoped = store.scoped("run")
+    scoped.put_tensor_stream("m.safetensors", specs, iter(tensors.items()))
+    loaded = scoped.get_tensors("m.safetensors")
+    assert sorted(loaded) == sorted(tensors)
+    assert all(torch.equal(loaded[n], t) and loaded[n].dtype == t.dtype for n, t in tensors.items())
+    with pytest.raises(ValueError, match=r"expected b torch.bfloat16 \(5,\)"):
+        scoped.put_tensor_stream("bad.safetensors", specs, iter([("w", tensors["w"]), ("b", torch.ones(4, dtype=torch.bfloat16))]))
+    with pytest.raises(ValueError, match="ended before"):
+        scoped.put_tensor_stream("short.safetensors", specs, iter([("w", tensors["w"])]))
+    assert not scoped.exists("bad.safetensors") and not scoped.exists("short.safetensors")
+    assert scoped.list_keys() == ["m.safetensors"]
 
 
 def test_scoped_store_is_a_prefix_of_the_inner_one(store):

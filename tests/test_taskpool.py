@@ -29,6 +29,29 @@ def test_shards_cover_every_example_once_on_batch_boundaries(n, batch):
         assert all(r.start % batch == 0 for r in ranges if len(r))
 
 
+def test_token_budget_batches_fit_the_budget_and_shards_keep_them_whole():
+    torch = pytest.importorskip("torch")
+    lengths = torch.tensor(np.random.default_rng(1).integers(3, 60, 301))
+    bounds = taskpool.batch_bounds(lengths, batch_size=16, batch_tokens=200)
+    assert bounds[0] == 0 and bounds[-1] == 301 and bounds == sorted(set(bounds))
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        size, longest = stop - start, int(lengths[start:stop].max())
+        assert size <= 16 and (size == 1 or size * longest <= 200)
+        # greedy: the next example would not have fitted
+        if stop < 301:
+            assert size == 16 or (size + 1) * max(longest, int(lengths[stop])) > 200
+    # an example longer than the budget still gets a batch of its own
+    assert taskpool.batch_bounds(torch.tensor([5, 500, 5]), batch_size=8, batch_tokens=100) == [0, 1, 2, 3]
+    for shards in (1, 2, 3, 7, 40):
+        ranges = [taskpool.shard_range(301, 16, shards, s, lengths=lengths, batch_tokens=200) for s in range(shards)]
+        assert [i for r in ranges for i in r] == list(range(301))
+        for r in ranges:
+            if len(r):
+                assert r.start in bounds
+                # cut from the shard's own start, its batches are the global ones
+                assert taskpool.batch_bounds(lengths, 16, 200, r.start, r.stop) == [b for b in bounds if r.start <= b <= r.stop]
+
+
 def test_unknown_label_names_are_reported(tmp_path):
     with pytest.raises(taskpool.DataError, match="happy"):
         taskpool.encode_labels(["negative", "happy"], {"negative": 0, "positive": 1}, 2, "x.csv")

@@ -1,0 +1,35 @@
+"""The GPU and offspring benchmarks run end to end on the CPU (their --smoke sizes), so they are ready to run
+the moment a GPU is there; their figures are in bench/README.md."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def last_line(module: str, *args: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip().splitlines()[-1]
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+def test_gpu_bench_smoke_reports_every_figure():
+    figures = last_line("bench.gpu", "--smoke")
+    assert set(figures) == {"candidates_per_min", "harness_over_bare", "offspring_ratio", "device", "dtype"}
+    assert figures["device"] == "cpu" and figures["dtype"] == "float32"
+    assert float(figures["candidates_per_min"]) > 0
+    # the harness does the bare loop's work and a little more; far off either way means it measured nothing
+    assert 0.5 < float(figures["harness_over_bare"]) < 3
+    assert 0 < float(figures["offspring_ratio"]) < 2
+
+
+def test_offspring_bench_smoke_compares_with_the_copy_limit():
+    figures = last_line("bench.offspring", "--smoke")
+    assert figures["kernel"] == "numba" and figures["device"] == "cpu"
+    ratio = float(figures["offspring_gbps"]) / float(figures["copy_gbps"])
+    assert abs(ratio - float(figures["ratio"])) < 0.01
