@@ -118,8 +118,6 @@ def _build_numba_kernel():
         x = uint32(x * m2)
         return uint32(x ^ (x >> uint32(16)))
 
-    # No fastmath: without it LLVM may not contract a * b + c into an FMA, which would change the bits.
-    @njit(parallel=True, cache=True)
     def kernel(x_i, x_r, out, F, limit, k0, k1, start):
         for i in prange(x_i.shape[0]):
             j = np.uint64(start + i)
@@ -127,7 +125,11 @@ def _build_numba_kernel():
             a = x_i[i]
             out[i] = a + F * (x_r[i] - a) if u < limit else a
 
-    return kernel
+    # No fastmath: without it LLVM may not contract a * b + c into an FMA, which would change the bits.
+    try:
+        return njit(parallel=True, cache=True)(kernel)  # machine code cached on disk: a task loads it in ~0.1 s
+    except RuntimeError:  # nowhere writable to cache (a read-only install): compile in each process instead
+        return njit(parallel=True)(kernel)
 
 
 @functools.cache

@@ -178,6 +178,15 @@ def test_rows_can_be_added_to_a_finished_benchmark(quick, tmp_path):
                 assert again.get(key) == run.get(key), (row, seed, key)
 
 
+def test_rows_of_another_crossover_stream_are_refused(quick, tmp_path):
+    """Results record their crossover stream; a file from before the field existed counts as torch-mt19937."""
+    assert quick["data"]["hyperparameters"]["mask_stream"] == "counter" == bench.mask_stream_of(quick["data"])
+    assert bench.mask_stream_of({"hyperparameters": {"F": 0.5}}) == "torch-mt19937"
+    command = [sys.executable, "-m", "bench.run", "--quick", "--name", NAME, "--workdir", str(quick["workdir"]), "--results", str(quick["results"])]
+    done = subprocess.run([*command, "--rows", "(guarded)", "--mask-stream", "torch-mt19937"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0 and "was made with --mask-stream counter" in done.stderr, done.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def ablation(quick):
     """The quick ablation on the quick benchmark's population (fine-tuned once, shared), one seed, two workers."""

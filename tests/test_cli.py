@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -37,6 +38,37 @@ def test_bfloat16_evaluation_with_token_budget_batches_is_shard_invariant(tiny_c
     weights = one["fused_model_uri"].removeprefix("file://") + "/model.safetensors"
     with safe_open(weights, "pt") as f:
         assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"BF16"}
+
+
+def test_sixteen_members_and_thirty_two_shards_give_the_one_shard_result(tiny_population, tiny_config, tmp_path):
+    """The scale of the search: 16 members (the tiny ones and seeded perturbations of them), 16 candidates x 32
+    shards = 512 work items per round, packed into 4 evaluate tasks, and the same result as one shard."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    members = []
+    for i in range(16):
+        folder = tmp_path / f"member{i}"
+        shutil.copytree(tiny_population["members"][i % 3], folder)
+        if i >= 3:
+            weights = load_file(folder / "model.safetensors")
+            g = torch.Generator().manual_seed(i)
+            noisy = {k: v + 0.02 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in weights.items()}
+            save_file(noisy, folder / "model.safetensors", metadata={"format": "pt"})
+        members.append(str(folder))
+    conf = yaml.safe_load(tiny_config.read_text())
+    conf.update(models=members, generations=1)
+    conf["data"]["batch_size"] = 2  # 60 dev batches: every one of the 32 shards gets some
+    config = tmp_path / "sixteen.yaml"
+    config.write_text(yaml.safe_dump(conf))
+    one = _run(config, tmp_path / "a", "--set", "shards=1")
+    many = _run(config, tmp_path / "b", "--set", "shards=32", "--set", "evaluate_tasks=4")
+    assert one["generations"] == many["generations"] and one["fused_model_sha256"] == many["fused_model_sha256"]
+    assert one["generations"][1]["evaluations"] >= 16
+    store = Path(many["fused_model_uri"].removeprefix("file://")).parents[1]
+    assert len(list(store.glob("gen=1/round=0/cand=*/shard=*.json"))) == 16 * 32
 
 
 @pytest.mark.parametrize("schedule", ["sequential", "generational"])
