@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
+
+from bench.offspring import measure as offspring_bandwidth
+from bench.offspring import timed
 
 # all-mpnet-base-v2's config.json (sentence-transformers), with a 3-label classification head.
 MPNET_BASE = {
@@ -40,19 +42,6 @@ MPNET_BASE = {
 }
 SMOKE = {**MPNET_BASE, "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 130}
 NUM_LABELS = 3
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def build_model(config: dict, checkpoint: Path | None, seed: int):
@@ -190,7 +179,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         dev_n = args.dev or 64
 
-    from bench import offspring as offspring_bench
     from tasks import crossover
 
     where = torch.cuda.get_device_name(device) if on_gpu else "CPU"
@@ -206,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats(device)
 
-    bandwidth = offspring_bench.measure(device=str(device), params_millions=params / 1e6, repeats=repeats, legacy=False)
+    bandwidth = offspring_bandwidth(device=str(device), params_millions=params / 1e6, repeats=repeats, legacy=False)
     offspring_ratio = bandwidth["offspring_gbps"] / bandwidth["copy_gbps"]
     print(f"offspring: {bandwidth['offspring_gbps']:.1f} GB/s of fp32 parameters; copy limit {bandwidth['copy_gbps']:.1f} GB/s; ratio {offspring_ratio:.2f}")
 

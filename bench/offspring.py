@@ -42,18 +42,20 @@ def encoder_shapes(params_millions: float) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def timed(fn, device: torch.device) -> float:
+    """Seconds of one call, the device's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _best(fn, repeats: int, device: torch.device) -> float:
     fn()  # warm-up: JIT compilation, allocator, page faults
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return min(timed(fn, device) for _ in range(repeats))
 
 
 def measure(*, device: str, params_millions: float, repeats: int, legacy: bool) -> dict[str, float]:

@@ -34,6 +34,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from tasks.config import MASK_STREAMS
+
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 SPLIT_SEED = 0
@@ -602,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         help="ablation only: run just these runs of each method and seed (current, F=0.1, heads=identical, ...); the rest stay to do",
     )
     parser.add_argument(
-        "--mask-stream", choices=("counter", "torch-mt19937"), default="counter",
+        "--mask-stream", choices=MASK_STREAMS, default=MASK_STREAMS[0],
         help="Evolver's crossover stream (config `mask_stream`); torch-mt19937 reproduces results made before 2026-11-27",
     )
     parser.add_argument("--jobs", type=int, default=1, help="pipeline runs at once, in worker processes (2 on 2 CPU cores: one torch thread each)")

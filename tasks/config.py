@@ -20,6 +20,8 @@ from tasks.merge.registry import MERGER_NAMES, METHODS
 
 # Airflow's default [core] max_map_length: the most evaluate tasks one round may map.
 MAX_EVALUATE_TASKS = 1024
+# Crossover mask streams (tasks/evolve.py); the first is the default.
+MASK_STREAMS = ("counter", "torch-mt19937")
 
 
 class InputError(ValueError):
@@ -131,8 +133,8 @@ class EvolverConfig(_Strict):
     # Where the crossover masks come from. `counter`: a hash of (seed, generation, individual, tensor, index),
     # computed in one fused pass on the tensor's device (tasks/crossover.py). `torch-mt19937`: the CPU generator
     # per tensor of runs made before 2026-11-27, about 25 times slower; only to reproduce their results.
-    mask_stream: Literal["counter", "torch-mt19937"] = Field(
-        "counter", title="Mask stream", description="counter (default) or torch-mt19937 (reproduces runs made before 2026-11-27)."
+    mask_stream: Literal[MASK_STREAMS] = Field(  # type: ignore[valid-type]
+        MASK_STREAMS[0], title="Mask stream", description="counter (default) or torch-mt19937 (reproduces runs made before 2026-11-27)."
     )
     # Dev-set shards per candidate; each (candidate, shard) pair is one work item. Scores are identical for any count.
     shards: int = Field(1, ge=1, le=256, title="Shards")

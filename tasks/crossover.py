@@ -72,8 +72,7 @@ def uniform_bits(key: int, start: int, count: int, device: torch.device | str = 
 
 def mask(numel: int, key: int, CR: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """The flat crossover mask of a tensor with `numel` coordinates."""
-    limit = threshold(CR)
-    return torch.cat([uniform_bits(key, s, min(TORCH_CHUNK, numel - s), device) < limit for s in range(0, numel, TORCH_CHUNK)] or [torch.zeros(0, dtype=torch.bool, device=device)])
+    return uniform_bits(key, 0, numel, device) < threshold(CR)
 
 
 def _output(target: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:

@@ -64,9 +64,6 @@ def choose_reference(
     return max(others, key=lambda j: (fitness[j], -j))
 
 
-MASK_STREAMS = ("counter", "torch-mt19937")
-
-
 def offspring_tensor(
     target: torch.Tensor,
     reference: torch.Tensor,
@@ -89,6 +86,8 @@ def offspring_tensor(
 
         return crossover.offspring(target, reference, F=F, CR=CR, key=derive_seed(seed, generation, individual, name), out=out)
     if stream != "torch-mt19937":
+        from tasks.config import MASK_STREAMS
+
         raise ValueError(f"mask stream {stream!r}: expected one of {', '.join(MASK_STREAMS)}")
     if out is not None:
         raise ValueError("out= needs the counter stream")

@@ -141,7 +141,7 @@ def write_tensor_stream(f, specs: dict[str, tuple[Any, tuple[int, ...]]], tensor
 
     header, offset = {}, 0
     for name, (dtype, shape) in specs.items():
-        size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        size = math.prod(shape) * dtype.itemsize
         header[name] = {"dtype": _SAFETENSORS_DTYPES[str(dtype).removeprefix("torch.")], "shape": list(shape), "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header, separators=(",", ":")).encode()
