@@ -441,6 +441,8 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     log(f"bench {name}: {variant} sizes, seeds {sizes['seeds']}, workdir {workdir}")
 
     existing = results_dir / f"{name}.json"
+    if args.skip and not args.rows:
+        raise SystemExit("--skip narrows --rows; give --rows too")
     if args.rows and not existing.is_file():
         raise SystemExit(f"--rows adds rows to {existing}, which does not exist: run the whole benchmark first")
     population = build_population(workdir, sizes, log)
@@ -495,6 +497,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         mine = (addition["command"], addition["started"])
         latest["additions"] = [a for a in latest.get("additions", []) if (a["command"], a["started"]) != mine] + [addition]
         latest["guards"] = GUARDS
+        with_seeds(latest, sizes["seeds"])
         latest["complete"] = all("finished" in a for a in latest["additions"])
         latest["schedules"] = report.schedule_comparison(latest)
         report.write(latest, results_dir, plots=plots)
@@ -510,7 +513,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
             record(row, sizes["seeds"], values, seeded=False)
     runs = pipeline_runs(sizes["generations"], sizes["mergers"], None if args.rows else sizes.get("guards"))
     if args.rows:
-        runs = [run for run in runs if any(pattern in run[0] for pattern in args.rows)]
+        runs = [run for run in runs if any(p in run[0] for p in args.rows) and not any(p in run[0] for p in args.skip or [])]
         for run_name, _ in runs:
             # The seeds run now are replaced; a row's other seeds stay (--seeds 3 completes a row run on 1 and 2).
             for entry in [result["rows"].get(run_name)] if run_name in result["rows"] else []:
@@ -547,6 +550,22 @@ def run_benchmark(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     publish(plots=True)
     log(f"bench {name}: done in {time.perf_counter() - started:.0f}s; results in {results_dir}")
     return result
+
+
+def with_seeds(result: dict[str, Any], seeds: list[int]) -> None:
+    """Widen a benchmark to more seeds, for an addition that runs new ones (`--rows ... --seeds 2 3`).
+
+    Its rows that cannot depend on the run seed were computed once, with the first seed: the new seeds repeat
+    those numbers, exactly as a benchmark run on all seeds at once does. Seeded rows get the new seeds only
+    when they are run; until then the report marks them as made on fewer seeds."""
+    new = [s for s in seeds if s not in result["sizes"]["seeds"]]
+    if not new:
+        return
+    for entry in result["rows"].values():
+        if entry.get("computed_once"):
+            first = entry["per_seed"][min(entry["per_seed"], key=int)]
+            entry["per_seed"].update({str(s): first for s in new})
+    result["sizes"]["seeds"] = sorted(result["sizes"]["seeds"] + new)
 
 
 def _minilm() -> str:
@@ -610,8 +629,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="pipeline runs at once, in worker processes (2 on 2 CPU cores: one torch thread each)")
     parser.add_argument(
         "--rows", nargs="+", default=None, metavar="PATTERN",
-        help="benchmark only: run just the pipeline rows whose name contains a PATTERN (e.g. guarded) and add them to <results>/<name>.json",
+        help="benchmark only: run just the pipeline rows whose name contains a PATTERN (e.g. guarded) and add them to <results>/<name>.json; "
+        "seeds the benchmark lacks are added to it",
     )
+    parser.add_argument("--skip", nargs="+", default=None, metavar="PATTERN", help="with --rows: leave out the rows whose name contains a PATTERN")
     args = parser.parse_args(argv)
     for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}.items():
         os.environ.setdefault(key, value)
