@@ -2,14 +2,14 @@
 
 A source is a local folder (config.json + safetensors) or a Hugging Face hub id. Every check reads only
 safetensors headers, so an incompatible population fails in seconds, before any weight is loaded; weights
-are then read one tensor at a time (`safe_open`), mergekit-style.
+are then read one tensor at a time (`tasks.store.TensorFile`), mergekit-style.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -82,6 +82,17 @@ def tensor_specs(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
                 piece = reader.get_slice(name)
                 specs[name] = (piece.get_dtype(), tuple(piece.get_shape()))
     return specs
+
+
+def torch_specs(folder: Path, names: Sequence[str]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+    """name -> (torch dtype, shape) of `names`, in that order, from the headers alone."""
+    from tasks.store import TensorFile
+
+    found = {}
+    for file in safetensors_files(folder):
+        with TensorFile(file) as reader:
+            found.update({name: reader.spec(name) for name in reader.keys()})
+    return {name: found[name] for name in names}
 
 
 def check_compatible(folders: Sequence[Path]) -> None:
@@ -159,12 +170,12 @@ def iter_tensors(folder: Path, names: Sequence[str]) -> Iterator[tuple[str, torc
     """Yield (name, tensor) one at a time, in the order given; each file is opened once."""
     from contextlib import ExitStack
 
-    from safetensors import safe_open
+    from tasks.store import TensorFile
 
     with ExitStack() as stack:
         reader_of = {}
         for file in safetensors_files(folder):
-            reader = stack.enter_context(safe_open(str(file), framework="pt"))
+            reader = stack.enter_context(TensorFile(file))
             reader_of.update({name: reader for name in reader.keys()})
         for name in names:
             yield name, reader_of[name].get_tensor(name)
@@ -207,14 +218,17 @@ def template_model(folder: str, device: str, dtype: str = "checkpoint") -> torch
     return model.to(device).eval()
 
 
-def model_with(folder: Path, tensors: dict[str, torch.Tensor], device: torch.device, dtype: str = "checkpoint") -> torch.nn.Module:
-    """The template model with `tensors` (a subset of its parameters) replaced, cast to the model's dtype."""
+def model_with(
+    folder: Path, tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], device: torch.device, dtype: str = "checkpoint"
+) -> torch.nn.Module:
+    """The template model with `tensors` (a subset of its parameters) replaced, cast to the model's dtype.
+    `tensors` may be a stream of (name, tensor) pairs: each is copied in and dropped, so the model is the only
+    whole copy of the weights in memory."""
     model = template_model(str(folder), str(device), dtype)
     state = model.state_dict()
-    unknown = sorted(set(tensors) - set(state))
-    if unknown:
-        raise IncompatibleCheckpoints(f"tensors {unknown[:5]} are not parameters of the model in {folder}")
     with torch.no_grad():
-        for name, tensor in tensors.items():
+        for name, tensor in tensors.items() if isinstance(tensors, Mapping) else tensors:
+            if name not in state:
+                raise IncompatibleCheckpoints(f"tensor {name} is not a parameter of the model in {folder}")
             state[name].copy_(tensor)
     return model

@@ -33,6 +33,7 @@ import math
 import statistics
 import tempfile
 from functools import cached_property
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,17 +124,32 @@ def download_models(
     return {"models": record["models"], "mlflow_run_id": mlflow_run_id}
 
 
+def _widest_first(specs: dict[str, tuple[Any, tuple[int, ...]]]) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    return dict(sorted(specs.items(), key=lambda item: -item[1][0].itemsize))
+
+
+def _member_tensors(run: Run, key: str):
+    """The tensors of one stored member (or offspring), read one at a time."""
+    with run.store.open_tensors(key) as reader:
+        for name in run.record["names"]:
+            yield name, reader.get_tensor(name)
+
+
 def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Path | None, based: dict[str, str]) -> None:
     """Everything later stages read from the checkpoints goes into the store now: each member's evolvable
     tensors, the base model's matching tensors, and the first member's files as the template."""
     from tasks import modelpool
 
+    # Streamed tensor by tensor, widest dtypes first (each tensor's bytes aligned to its element size): a
+    # checkpoint is never whole in memory.
     for i, folder in enumerate(folders):
-        run.store.put_tensors(f"members/init/ind={i}.safetensors", dict(modelpool.iter_tensors(folder, names)))
+        specs = _widest_first(modelpool.torch_specs(folder, names))
+        run.store.put_tensor_stream(f"members/init/ind={i}.safetensors", specs, modelpool.iter_tensors(folder, list(specs)))
     if base is not None:
+        specs = _widest_first(modelpool.torch_specs(base, [based[name] for name in names if name in based]))
         renamed = {base_name: name for name, base_name in based.items()}
-        tensors = modelpool.iter_tensors(base, list(renamed))
-        run.store.put_tensors("base.safetensors", {renamed[base_name]: t for base_name, t in tensors})
+        tensors = ((renamed[base_name], t) for base_name, t in modelpool.iter_tensors(base, list(specs)))
+        run.store.put_tensor_stream("base.safetensors", {renamed[n]: spec for n, spec in specs.items()}, tensors)
     for file in sorted(folders[0].iterdir()):
         if file.is_file() and not file.name.startswith("."):
             run.store.put_file(f"template/{file.name}", file)
@@ -227,7 +243,7 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
         if run.store.exists(key):
             continue
         # Statistics in float32 whatever the evaluation dtype: Fisher squares gradients, RegMean sums Gram matrices.
-        model = modelpool.model_with(run.template, run.store.get_tensors(member), device, "float32")
+        model = modelpool.model_with(run.template, _member_tensors(run, member), device, "float32")
         stats = compute(
             model, data, run.record["names"], batches=cfg.method_params.batches, batch_size=cfg.data.batch_size, seed=evolve.derive_seed(cfg.seed, "statistics")
         )
@@ -278,8 +294,7 @@ def _write_offspring(run: Run, generation: int, target: int, reference: int, mem
     cfg = run.cfg
     names = run.record["names"]
     with run.store.open_tensors(members[target]) as x_i, run.store.open_tensors(members[reference]) as x_r:
-        # Wider dtypes first, so every tensor's bytes start aligned to its element size.
-        specs = dict(sorted(tensor_specs(x_i, names).items(), key=lambda item: -item[1][0].itemsize))
+        specs = _widest_first(tensor_specs(x_i, names))
         buffers = {
             dtype: torch.empty(max(math.prod(shape) for d, shape in specs.values() if d == dtype), dtype=dtype)
             for dtype in {d for d, _ in specs.values()}
@@ -371,12 +386,16 @@ def pack(items: list[dict[str, Any]], tasks: int | None) -> list[list[dict[str, 
 # -- evaluate ---------------------------------------------------------------------------------------------
 
 
-def _weights(run: Run, members: list[str], generation: int, device: Any = "cpu") -> dict[str, Any]:
-    """The evolvable tensors of a candidate: one member as is, or the merge of the population with the
-    configured method, one tensor at a time on `device`. Task-vector methods average the tensors the base lacks."""
+def _candidate_tensors(run: Run, members: list[str], generation: int, device: Any = "cpu") -> Iterator[tuple[str, Any]]:
+    """The evolvable tensors of a candidate, one at a time: one member as is, or the merge of the population
+    with the configured method, tensor by tensor on `device`. Task-vector methods average the tensors the base
+    lacks. A consumer that drops each tensor once used (`modelpool.model_with`) never holds a second model."""
     if len(members) == 1:
-        return run.store.get_tensors(members[0])
+        yield from _member_tensors(run, members[0])
+        return
     from contextlib import ExitStack
+
+    import torch
 
     from tasks import evolve
     from tasks.merge import TensorGroup, get_method
@@ -385,30 +404,62 @@ def _weights(run: Run, members: list[str], generation: int, device: Any = "cpu")
     method = get_method(cfg.merger)
     merge, params = method.load(), cfg.method_params
     average, average_params = get_method("average").load(), get_method("average").params()
+    whole_tensor = method.load_whole_tensor()
     with ExitStack() as stack:
         readers = [stack.enter_context(run.store.open_tensors(key)) for key in members]
         base = stack.enter_context(run.store.open_tensors("base.safetensors")) if method.needs_base else None
         stat_keys = _statistics_keys(run, generation)
         stats = [stack.enter_context(run.store.open_tensors(key)) for key in stat_keys] if stat_keys else None
-        merged = {}
         for name in run.record["names"]:
-            group = TensorGroup(name, [reader.get_tensor(name).to(device) for reader in readers], seed=evolve.derive_seed(cfg.seed, "merge", name))
-            if method.needs_base and name not in run.record["base_names"]:
-                merged[name] = average(group, average_params)
-                continue
-            if base is not None:
-                group.base = base.get_tensor(name).to(device)
-            if stats is not None and name in stats[0].keys():
-                group.stats = [reader.get_tensor(name).to(device) for reader in stats]
-            merged[name] = merge(group, params)
-        return merged
+            averaged = method.needs_base and name not in run.record["base_names"]
+            with_stats = not averaged and stats is not None and name in stats[0].keys()
+            dtype, shape = readers[0].spec(name)
+            # Same-shape statistics (Fisher) are cut into blocks like the tensors; Gram matrices stay whole.
+            cut_stats = with_stats and method.statistic == "fisher"
+            inputs = len(readers) + (base is not None and not averaged) + (len(stats) if cut_stats else 0)
+            blocks = row_blocks(shape, dtype.itemsize * inputs, averaged or method.row_blocks)
+            thresholds = None
+            if len(blocks) > 1 and not averaged and whole_tensor is not None:
+                thresholds = [whole_tensor(reader.get_tensor(name).to(device), base.get_tensor(name).to(device), params) for reader in readers]
+            merged = None
+            for rows in blocks:
+                group = TensorGroup(name, [r.get_tensor(name, rows).to(device) for r in readers], seed=evolve.derive_seed(cfg.seed, "merge", name))
+                if not averaged:
+                    if base is not None:
+                        group.base = base.get_tensor(name, rows).to(device)
+                    if with_stats:
+                        group.stats = [r.get_tensor(name, rows if cut_stats else None).to(device) for r in stats]
+                    group.thresholds = thresholds
+                piece = average(group, average_params) if averaged else merge(group, params)
+                del group  # the members' copies of this block go before the next block's are read
+                if rows is None:
+                    merged = piece
+                else:
+                    merged = torch.empty(shape, dtype=piece.dtype, device=piece.device) if merged is None else merged
+                    merged[rows] = piece
+            yield name, merged
+
+
+# The bytes of the inputs (members, base, Fisher diagonals) one merge call may hold for one tensor: past it,
+# a method whose rows are independent merges the tensor a block of rows at a time. A method's temporaries are
+# a few times its inputs (TIES's about 5), so a merged candidate stays within a model plus well under 1 GB.
+MERGE_BLOCK_BYTES = 128 * 2**20
+
+
+def row_blocks(shape: tuple[int, ...], bytes_per_element: int, allowed: bool) -> list[slice | None]:
+    """[None] (the whole tensor) when it fits MERGE_BLOCK_BYTES or cannot be cut, else blocks of rows that do."""
+    total = math.prod(shape) * bytes_per_element
+    if not allowed or len(shape) == 0 or shape[0] < 2 or total <= MERGE_BLOCK_BYTES:
+        return [None]
+    rows = max(1, shape[0] * MERGE_BLOCK_BYTES // total)
+    return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
 
 def _scored_model(run: Run, members: list[str], generation: int):
     from tasks import modelpool
 
     device = modelpool.pick_device(run.cfg.device)
-    return modelpool.model_with(run.template, _weights(run, members, generation, device), device, run.cfg.dtype)
+    return modelpool.model_with(run.template, _candidate_tensors(run, members, generation, device), device, run.cfg.dtype)
 
 
 def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) -> list[list[int]]:

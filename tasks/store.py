@@ -102,11 +102,9 @@ class Store(ABC):
                 write_tensor_stream(f, specs, tensors)
             self.put_file(key, path)
 
-    def open_tensors(self, key: str):
-        """Lazy reader (`safe_open`): tensors are read one at a time with `.get_tensor(name)`."""
-        from safetensors import safe_open
-
-        return safe_open(str(self.local_path(key)), framework="pt", device="cpu")
+    def open_tensors(self, key: str) -> TensorFile:
+        """Lazy reader: tensors are read one at a time with `.get_tensor(name)`."""
+        return TensorFile(self.local_path(key))
 
     def get_tensors(self, key: str) -> dict[str, Any]:
         with self.open_tensors(key) as reader:
@@ -122,24 +120,89 @@ class Store(ABC):
 _SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64", "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
 
-def tensor_specs(reader, names) -> dict[str, tuple[Any, tuple[int, ...]]]:
-    """name -> (torch dtype, shape) from a `safe_open` reader's header, without reading any tensor."""
-    import torch
-
-    by_code = {code: getattr(torch, name) for name, code in _SAFETENSORS_DTYPES.items()}
-    specs = {}
-    for name in names:
-        found = reader.get_slice(name)
-        specs[name] = (by_code[found.get_dtype()], tuple(found.get_shape()))
-    return specs
+_TORCH_DTYPES = {**{code: name for name, code in _SAFETENSORS_DTYPES.items()}, "U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
-def write_tensor_stream(f, specs: dict[str, tuple[Any, tuple[int, ...]]], tensors: Iterator[tuple[str, Any]]) -> None:
+class TensorFile:
+    """A safetensors file read one tensor at a time with plain reads, not a memory map.
+
+    A tensor read costs its own bytes and nothing else: the file's pages stay in the page cache, which the
+    kernel reclaims under pressure, instead of piling up in the process's resident set as a mapping's touched
+    pages do. A process that walks a population larger than memory keeps a flat footprint this way.
+    The interface is the part of `safetensors.safe_open` the pipeline uses: `keys()`, `get_tensor(name)`,
+    plus `spec(name)` (dtype and shape from the header, no data read)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = open(self.path, "rb")
+        try:
+            (size,) = struct.unpack("<Q", self._file.read(8))
+            header = json.loads(self._file.read(size))
+            if not isinstance(header, dict):
+                raise ValueError("the header is not a JSON object")
+        except (struct.error, ValueError) as err:
+            self._file.close()
+            raise StoreError(f"{self.path} is not a safetensors file: {err}") from None
+        self.metadata = header.pop("__metadata__", None) or {}
+        self._entries: dict[str, dict[str, Any]] = header
+        self._data_start = 8 + size
+
+    def keys(self) -> list[str]:
+        return sorted(self._entries)
+
+    def spec(self, name: str) -> tuple[Any, tuple[int, ...]]:
+        import torch
+
+        entry = self._entries[name]
+        if entry["dtype"] not in _TORCH_DTYPES:
+            raise StoreError(f"{self.path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know")
+        return getattr(torch, _TORCH_DTYPES[entry["dtype"]]), tuple(entry["shape"])
+
+    def get_tensor(self, name: str, rows: slice | None = None):
+        """The tensor, or only the block `rows` of its first dimension (contiguous in the file, read alone)."""
+        import torch
+
+        dtype, shape = self.spec(name)
+        start, end = self._entries[name]["data_offsets"]
+        if end - start != math.prod(shape) * dtype.itemsize:
+            raise StoreError(f"{self.path}: tensor {name} spans {end - start} bytes, its shape {shape} needs {math.prod(shape) * dtype.itemsize}")
+        if rows is not None:
+            first, last, step = rows.indices(shape[0])
+            if step != 1:
+                raise ValueError("rows: a block of consecutive rows")
+            row_bytes = math.prod(shape[1:]) * dtype.itemsize
+            start, end, shape = start + first * row_bytes, start + max(last, first) * row_bytes, (max(last - first, 0), *shape[1:])
+        tensor = torch.empty(math.prod(shape), dtype=dtype)
+        self._file.seek(self._data_start + start)
+        if self._file.readinto(memoryview(tensor.view(torch.uint8).numpy())) != end - start:
+            raise StoreError(f"{self.path} is truncated: tensor {name} ends past the end of the file")
+        return tensor.reshape(shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> TensorFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def tensor_specs(reader: TensorFile, names) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """name -> (torch dtype, shape) from a reader's header, without reading any tensor."""
+    return {name: reader.spec(name) for name in names}
+
+
+def write_tensor_stream(
+    f, specs: dict[str, tuple[Any, tuple[int, ...]]], tensors: Iterator[tuple[str, Any]], metadata: dict[str, str] | None = None
+) -> None:
     """The safetensors layout (8-byte little-endian header size, JSON header padded to 8 bytes, the data in
-    header order), written as the tensors arrive; each must match its spec."""
+    header order), written as the tensors arrive; each must match its spec. `metadata` is the header's
+    `__metadata__` (transformers wants {"format": "pt"} in a checkpoint it loads)."""
     import torch
 
-    header, offset = {}, 0
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
     for name, (dtype, shape) in specs.items():
         size = math.prod(shape) * dtype.itemsize
         header[name] = {"dtype": _SAFETENSORS_DTYPES[str(dtype).removeprefix("torch.")], "shape": list(shape), "data_offsets": [offset, offset + size]}
@@ -375,7 +438,7 @@ class S3Store(Store):
         """The cached copy when its sha256 matches the object's, else a fresh download, verified before it is used.
 
         The download goes to a temporary file renamed into place, so a reader never sees half a file, and one that
-        has the previous copy open (safetensors maps it) keeps reading the old bytes.
+        has the previous copy open keeps reading the old bytes.
         """
         head = self._head(key)
         if head is None:

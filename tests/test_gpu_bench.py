@@ -1,4 +1,4 @@
-"""The GPU and offspring benchmarks run end to end on the CPU (their --smoke sizes), so they are ready to run
+"""The GPU, offspring and memory benchmarks run end to end on the CPU (their --smoke sizes), so they are ready to run
 the moment a GPU is there; their figures are in bench/README.md."""
 
 import math
@@ -33,3 +33,24 @@ def test_offspring_bench_smoke_compares_with_the_copy_limit():
     assert figures["kernel"] == "numba" and figures["device"] == "cpu"
     ratio = float(figures["offspring_gbps"]) / float(figures["copy_gbps"])
     assert abs(ratio - float(figures["ratio"])) < 0.01
+
+
+def test_memory_bench_smoke_measures_every_stage_and_runs_end_to_end(tmp_path):
+    """bench.memory at tiny sizes: every stage's peak is measured in its own process (download, init, offspring,
+    both statistics, a merged candidate of every method) and the end-to-end `evolver run` finishes."""
+    output = tmp_path / "memory"
+    figures = last_line("bench.memory", "--smoke", "--workdir", str(tmp_path / "work"), "--output", str(output))
+    assert figures["e2e"] == "ok"
+    import json
+
+    from tasks.merge import MERGER_NAMES
+
+    result = json.loads(output.with_suffix(".json").read_text())
+    steps = [row["step"] for row in result["peaks"]]
+    assert set(steps) == {"download", "init", "offspring", "statistics fisher", "statistics gram", *(f"merge {m}" for m in MERGER_NAMES)}
+    for row in result["peaks"]:
+        assert row["baseline_gb"] > 0 and math.isfinite(row["peak_gb"]), row
+    assert result["end_to_end"]["returncode"] == 0 and result["end_to_end"]["peak_rss_gb"] > 0
+    assert len(result["end_to_end"]["fused_model_sha256"]) == 64
+    # Everything it built (checkpoints, stores, MLflow) is removed.
+    assert not any((tmp_path / "work").iterdir())

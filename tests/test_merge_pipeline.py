@@ -44,3 +44,35 @@ def test_statistics_are_computed_once_or_per_generation(tiny_config, tmp_path):
 def test_task_vector_methods_need_the_base_model(tiny_config, capsys):
     assert main(["run", str(tiny_config), "--set", "merger=ties"]) == 2
     assert "needs base_model" in capsys.readouterr().err
+
+
+def test_a_merge_by_blocks_of_rows_equals_the_whole_tensor_merge(tiny_config, tiny_population, monkeypatch):
+    """A tensor too large to hold N times is merged a block of rows at a time (`stages.row_blocks`); for every
+    method that allows it the result is the same bits as merging it whole (RegMean within float64 rounding:
+    its solve has other right-hand-side shapes), and DARE, which cannot be cut, is merged whole."""
+    import torch
+    import yaml
+
+    from tasks import stages
+    from tasks.merge import METHODS
+
+    conf = {**yaml.safe_load(tiny_config.read_text()), "base_model": str(tiny_population["base"]), "generations": 0}
+    for merger, method in METHODS.items():
+        run_conf = {**conf, "merger": merger}
+        stages.download_models(run_conf, f"blocks-{merger}")
+        stages.init_population(run_conf, f"blocks-{merger}")
+        run = stages.Run(run_conf, f"blocks-{merger}")
+        members = run.store.get_json("init.json")["members"]
+        monkeypatch.setattr(stages, "MERGE_BLOCK_BYTES", 10**12)
+        whole = dict(stages._candidate_tensors(run, members, 0))
+        monkeypatch.setattr(stages, "MERGE_BLOCK_BYTES", 4096)
+        cut = [name for name, t in whole.items() if len(stages.row_blocks(tuple(t.shape), 4 * (len(members) + 2), True)) > 1]
+        assert len(cut) > 5, "the tiny model must have tensors that are cut into blocks"
+        blocks = dict(stages._candidate_tensors(run, members, 0))
+        assert blocks.keys() == whole.keys()
+        for name in whole:
+            if merger == "regmean":
+                torch.testing.assert_close(blocks[name], whole[name], rtol=1e-6, atol=1e-7, msg=name)
+            else:
+                assert torch.equal(blocks[name], whole[name]), f"{merger}: {name} differs when merged by blocks of rows"
+        assert method.row_blocks == (merger != "dare")

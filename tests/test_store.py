@@ -185,3 +185,24 @@ def test_unreachable_endpoint_fails_fast(s3_endpoint, monkeypatch):
     with pytest.raises(StoreError, match=rf"bucket 'runs' at endpoint {endpoint} is unreachable"):
         open_store("s3://runs/x")
     assert time.monotonic() - start < 10
+
+
+def test_tensor_file_reads_whole_tensors_and_blocks_of_rows_and_refuses_bad_files(store, tmp_path):
+    from tasks.store import StoreError, TensorFile
+
+    tensors = {"w": torch.arange(24, dtype=torch.float32).reshape(6, 4), "h": torch.arange(6, dtype=torch.bfloat16), "s": torch.tensor(3.0)}
+    store.put_tensors("m.safetensors", tensors)
+    with store.open_tensors("m.safetensors") as reader:
+        assert reader.keys() == ["h", "s", "w"]
+        assert reader.spec("h") == (torch.bfloat16, (6,))
+        for name, tensor in tensors.items():
+            assert torch.equal(reader.get_tensor(name), tensor) and reader.get_tensor(name).dtype == tensor.dtype
+        assert torch.equal(reader.get_tensor("w", slice(2, 5)), tensors["w"][2:5])
+        assert reader.get_tensor("w", slice(5, 9)).shape == (1, 4)
+    (tmp_path / "junk.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(StoreError, match="not a safetensors file"):
+        TensorFile(tmp_path / "junk.safetensors")
+    whole = store.local_path("m.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(whole[:-8])
+    with TensorFile(tmp_path / "cut.safetensors") as reader, pytest.raises(StoreError, match="truncated"):
+        reader.get_tensor("h")  # the last in the file: safetensors puts wider dtypes first

@@ -20,6 +20,9 @@ class TensorGroup:
     (in_features x in_features) of the inputs of the nn.Linear whose weight this is. None where a tensor
     has no statistic: those methods then average.
     seed: the run's per-tensor seed; DARE derives member i's drop mask from (seed, i).
+    thresholds: per member, what a method computes over the whole tensor before merging it elementwise (TIES's
+    trim threshold), when `tensors` hold only a block of its rows: the caller merges a tensor too large to hold
+    N times a block of rows at a time (`MergeMethod.row_blocks`). None: the tensors are whole.
     """
 
     name: str
@@ -27,3 +30,4 @@ class TensorGroup:
     base: Tensor | None = None
     stats: list[Tensor] | None = None
     seed: int = 0
+    thresholds: list[Tensor | None] | None = None

@@ -36,22 +36,42 @@ class MergeMethod:
     params: type[BaseModel]
     needs_base: bool  # works on task vectors theta_i - theta0: the caller must fill TensorGroup.base
     statistic: Literal["fisher", "gram"] | None  # per-member statistic the caller must fill TensorGroup.stats with
+    # Whether each row of the output depends only on the same row of the inputs (Fisher diagonals are cut like
+    # the tensors, Gram matrices stay whole), given `whole_tensor`'s per-member values: then a tensor too large
+    # to hold N times is merged a block of rows at a time, with the same result. DARE's drop masks are drawn
+    # over the whole tensor, so it is not.
+    row_blocks: bool = False
+    whole_tensor: str | None = None  # "module:function"(member tensor, base tensor, params) -> TensorGroup.thresholds[i]
 
     def load(self) -> Callable[[TensorGroup, BaseModel], torch.Tensor]:
-        module, function = self.impl.split(":")
-        return getattr(importlib.import_module(module), function)
+        return _function(self.impl)
+
+    def load_whole_tensor(self) -> Callable[[torch.Tensor, torch.Tensor, BaseModel], torch.Tensor | None] | None:
+        return _function(self.whole_tensor) if self.whole_tensor else None
+
+
+def _function(path: str) -> Callable:
+    module, function = path.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 METHODS: dict[str, MergeMethod] = {
     m.name: m
     for m in (
-        MergeMethod("average", "tasks.merge.average:merge_average", AverageParams, needs_base=False, statistic=None),
-        MergeMethod("fisher", "tasks.merge.fisher:merge_fisher", FisherParams, needs_base=False, statistic="fisher"),
-        MergeMethod("regmean", "tasks.merge.regmean:merge_regmean", RegMeanParams, needs_base=False, statistic="gram"),
+        MergeMethod("average", "tasks.merge.average:merge_average", AverageParams, needs_base=False, statistic=None, row_blocks=True),
+        MergeMethod("fisher", "tasks.merge.fisher:merge_fisher", FisherParams, needs_base=False, statistic="fisher", row_blocks=True),
+        MergeMethod("regmean", "tasks.merge.regmean:merge_regmean", RegMeanParams, needs_base=False, statistic="gram", row_blocks=True),
         MergeMethod(
-            "task_arithmetic", "tasks.merge.task_arithmetic:merge_task_arithmetic", TaskArithmeticParams, needs_base=True, statistic=None
+            "task_arithmetic",
+            "tasks.merge.task_arithmetic:merge_task_arithmetic",
+            TaskArithmeticParams,
+            needs_base=True,
+            statistic=None,
+            row_blocks=True,
         ),
-        MergeMethod("ties", "tasks.merge.ties:merge_ties", TiesParams, needs_base=True, statistic=None),
+        MergeMethod(
+            "ties", "tasks.merge.ties:merge_ties", TiesParams, needs_base=True, statistic=None, row_blocks=True, whole_tensor="tasks.merge.ties:member_threshold"
+        ),
         MergeMethod("dare", "tasks.merge.dare:merge_dare", DareParams, needs_base=True, statistic=None),
     )
 }

@@ -15,20 +15,36 @@ from __future__ import annotations
 
 import torch
 
+from tasks.merge.average import working_dtype
 from tasks.merge.group import TensorGroup
 from tasks.merge.params import TiesParams
 from tasks.merge.task_arithmetic import task_vectors
 
 
-def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
+def trim_threshold(tau: torch.Tensor, density: float) -> torch.Tensor | None:
+    """The magnitude an entry of `tau` must reach to be kept (None: density 1 keeps everything)."""
     if density >= 1:
-        return tau
+        return None
     k = max(1, int(density * tau.numel()))
-    magnitude = tau.abs()
     # The k-th largest value (not an index, so independent of tie order); kthvalue selects without sorting
     # the top k, about 2x faster than topk on an embedding matrix.
-    threshold = magnitude.flatten().kthvalue(magnitude.numel() - k + 1).values
-    return tau * (magnitude >= threshold)
+    return tau.abs().flatten().kthvalue(tau.numel() - k + 1).values
+
+
+def trim(tau: torch.Tensor, density: float, threshold: torch.Tensor | None = None) -> torch.Tensor:
+    """Zero the entries below the threshold, computed here from `tau` unless given (a block of rows of a larger
+    tensor carries its whole tensor's threshold)."""
+    if density >= 1:
+        return tau
+    if threshold is None:
+        threshold = trim_threshold(tau, density)
+    return tau * (tau.abs() >= threshold)
+
+
+def member_threshold(tensor: torch.Tensor, base: torch.Tensor, params: TiesParams) -> torch.Tensor | None:
+    """One member's trim threshold over its whole tensor: what a merge by blocks of rows needs first."""
+    dtype = working_dtype(tensor)
+    return trim_threshold(tensor.to(dtype) - base.to(device=tensor.device, dtype=dtype), params.density)
 
 
 def disjoint_merge(taus: list[torch.Tensor]) -> torch.Tensor:
@@ -41,5 +57,6 @@ def disjoint_merge(taus: list[torch.Tensor]) -> torch.Tensor:
 
 def merge_ties(group: TensorGroup, params: TiesParams) -> torch.Tensor:
     base, taus = task_vectors(group)
-    merged = disjoint_merge([trim(tau, params.density) for tau in taus])
+    thresholds = group.thresholds or [None] * len(taus)
+    merged = disjoint_merge([trim(tau, params.density, threshold) for tau, threshold in zip(taus, thresholds, strict=True)])
     return (base + params.lam * merged).to(group.tensors[0].dtype)
