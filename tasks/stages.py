@@ -247,7 +247,10 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
         stats = compute(
             model, data, run.record["names"], batches=cfg.method_params.batches, batch_size=cfg.data.batch_size, seed=evolve.derive_seed(cfg.seed, "statistics")
         )
-        run.store.put_tensors(key, stats)
+        # Streamed out, each tensor dropped once written: for RegMean they can be several times the model.
+        specs = _widest_first({name: (t.dtype, tuple(t.shape)) for name, t in stats.items()})
+        run.store.put_tensor_stream(key, specs, ((name, stats.pop(name)) for name in list(specs)))
+        del stats
 
 
 def _fitness_rows(data: dict[str, Any]) -> dict[str, Any]:
@@ -417,7 +420,8 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
             # Same-shape statistics (Fisher) are cut into blocks like the tensors; Gram matrices stay whole.
             cut_stats = with_stats and method.statistic == "fisher"
             inputs = len(readers) + (base is not None and not averaged) + (len(stats) if cut_stats else 0)
-            blocks = row_blocks(shape, dtype.itemsize * inputs, averaged or method.row_blocks)
+            # A tensor with a whole statistic (a Gram matrix) is merged whole: each block would repeat its solve.
+            blocks = row_blocks(shape, dtype.itemsize * inputs, averaged or (method.row_blocks and (cut_stats or not with_stats)))
             thresholds = None
             if len(blocks) > 1 and not averaged and whole_tensor is not None:
                 thresholds = [whole_tensor(reader.get_tensor(name).to(device), base.get_tensor(name).to(device), params) for reader in readers]

@@ -23,8 +23,11 @@ def merge_regmean(group: TensorGroup, params: RegMeanParams) -> torch.Tensor:
     gram_sum = torch.zeros(first.shape[1], first.shape[1], dtype=torch.float64, device=first.device)
     rhs = torch.zeros(first.shape[1], first.shape[0], dtype=torch.float64, device=first.device)
     for weight, gram in zip(group.tensors, group.stats, strict=True):
-        gram = gram.to(device=first.device, dtype=torch.float64)
-        gram = params.alpha * gram + (1 - params.alpha) * torch.diag(torch.diagonal(gram))
+        # In place, one float64 copy at a time: an FFN's Gram matrix is (4 x hidden)^2.
+        gram = gram.to(device=first.device, dtype=torch.float64, copy=True)
+        diagonal = torch.diagonal(gram).clone()
+        gram.mul_(params.alpha)
+        torch.diagonal(gram).add_((1 - params.alpha) * diagonal)
         gram_sum += gram
         rhs += gram @ weight.to(torch.float64).T
     solution, info = torch.linalg.solve_ex(gram_sum, rhs)

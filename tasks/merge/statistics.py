@@ -54,7 +54,7 @@ def fisher_diagonals(model, data: dict[str, torch.Tensor], names: list[str], *, 
         for name, p in params.items():
             p.grad = None
             p.requires_grad_(flags[name])
-    return {name: (s / max(total, 1)).cpu() for name, s in sums.items()}
+    return {name: s.div_(max(total, 1)).cpu() for name, s in sums.items()}
 
 
 @torch.no_grad()
@@ -66,20 +66,24 @@ def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batch
     rows: dict[str, int] = dict.fromkeys(layers, 0)
     mask: torch.Tensor | None = None  # the current batch's attention mask, read by the hooks
 
-    # This batch's X^T X per input tensor, since query, key and value read the same one. The input is kept in the
-    # entry so that its id cannot be reused by another tensor within the batch.
-    products: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+    # The last input's X^T X, since query, key and value read the same input one after the other. The input is
+    # kept with it, so that its id cannot be reused by another tensor. One product at a time, not a batch's worth:
+    # the Gram matrices of a large model are gigabytes already.
+    last: list = [None, None, 0]
 
     def hook(name: str):
         def record(module, inputs, output):
             x = inputs[0]
-            if id(x) not in products or products[id(x)][0] is not x:
+            if last[0] is not x:
                 flat = x[mask.bool()] if x.dim() == 3 and x.shape[:2] == mask.shape else x  # real tokens only
                 flat = flat.reshape(-1, flat.shape[-1]).float()
                 # One float32 product per batch (fast), summed over batches in float64 (exact enough to solve).
-                products[id(x)] = (x, (flat.T @ flat).double(), len(flat))
-            _, product, count = products[id(x)]
-            grams[name] = grams.get(name, 0) + product
+                last[:] = [x, (flat.T @ flat).double(), len(flat)]
+            _, product, count = last
+            if name in grams:
+                grams[name] += product
+            else:
+                grams[name] = product.clone()
             rows[name] += count
 
         return record
@@ -88,9 +92,10 @@ def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batch
     handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     try:
         for input_ids, mask in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
-            products.clear()
             model(input_ids=input_ids, attention_mask=mask)
+            last[:] = [None, None, 0]
     finally:
         for handle in handles:
             handle.remove()
-    return {name: (gram / rows[name]).float().cpu() for name, gram in grams.items()}
+    # float32 one matrix at a time, each float64 sum dropped as soon as it is converted.
+    return {name: (grams.pop(name) / rows[name]).float().cpu() for name in list(grams)}
