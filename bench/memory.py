@@ -197,7 +197,9 @@ def measure(step: str, conf: dict[str, Any], run_id: str) -> dict[str, Any]:
     return queue.get()
 
 
-def peaks(label: str, hidden: int, layers: int, members: int, workdir: Path, log) -> list[dict[str, Any]]:
+def peaks(label: str, hidden: int, layers: int, members: int, workdir: Path, log, steps: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every step's peak on one synthetic population; `steps` (substrings) narrows the steps after `download`
+    and `init` (the statistics a chosen merge needs are kept)."""
     from tasks.merge.registry import METHODS
     from tasks.store import run_key
 
@@ -208,11 +210,16 @@ def peaks(label: str, hidden: int, layers: int, members: int, workdir: Path, log
     context = {"size": label, "members": members, **{k: population[k] for k in ("parameters", "model_gb", "largest_tensor_gb", "population_gb")}}
     run_id = f"memory-{label}-{members}"
     base_conf = run_config(population, folder)
+    wanted = lambda step: steps is None or any(pattern in step for pattern in steps)  # noqa: E731
     for step in ["download", "init", "offspring"]:
+        if step == "offspring" and not wanted(step):
+            continue
         rows.append({**context, **measure(step, base_conf, run_id)})
         log(f"  {rows[-1]['step']}: +{rows[-1]['peak_gb']:.2f} GB ({rows[-1]['seconds']} s)")
     for name, method in METHODS.items():
         conf = {**base_conf, "merger": name}
+        if not wanted(f"merge {name}"):
+            continue
         if method.statistic:
             # One run serves every method here, and statistics are stored under one key whatever their kind.
             shutil.rmtree(Path(base_conf["store"]) / run_key(run_id) / "stats", ignore_errors=True)
@@ -339,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-gb", type=float, default=E2E_LIMIT_GB, help="memory cgroup limit of the end-to-end run (0: unconfined)")
     parser.add_argument("--skip-peaks", action="store_true", help="only the end-to-end run")
     parser.add_argument("--skip-e2e", action="store_true", help="only the peaks")
+    parser.add_argument("--sizes", nargs="+", default=None, metavar="LABEL:MEMBERS", help="only these populations of the table, e.g. large:5")
+    parser.add_argument("--steps", nargs="+", default=None, metavar="PATTERN", help="only the steps whose name contains a PATTERN, e.g. ties")
     parser.add_argument("--output", type=Path, default=None, help="also write the table and figures (JSON) here, as <output>.md/.json")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -347,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"free disk under {workdir}: {shutil.disk_usage(workdir).free / GB:.1f} GB")
-    rows = [] if args.skip_peaks else [row for sizes in (SMOKE_SIZES if args.smoke else SIZES) for row in peaks(*sizes, workdir, log)]
+    populations = [p for p in (SMOKE_SIZES if args.smoke else SIZES) if args.sizes is None or f"{p[0]}:{p[3]}" in args.sizes]
+    rows = [] if args.skip_peaks else [row for sizes in populations for row in peaks(*sizes, workdir, log, args.steps)]
     e2e = None
     if not args.skip_e2e:
         e2e = end_to_end(workdir, None if args.smoke or not args.limit_gb else args.limit_gb, log, sizes=("e2e", 64, 2, 3) if args.smoke else E2E)

@@ -33,7 +33,7 @@ import math
 import statistics
 import tempfile
 from functools import cached_property
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -431,8 +431,10 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
                 if not averaged:
                     if base is not None:
                         group.base = base.get_tensor(name, rows).to(device)
-                    if with_stats:
-                        group.stats = [r.get_tensor(name, rows if cut_stats else None).to(device) for r in stats]
+                    if cut_stats:
+                        group.stats = [r.get_tensor(name, rows).to(device) for r in stats]
+                    elif with_stats:
+                        group.stats = _ReadOnAccess(stats, name, device)  # whole Gram matrices: one at a time
                     group.thresholds = thresholds
                 piece = average(group, average_params) if averaged else merge(group, params)
                 del group  # the members' copies of this block go before the next block's are read
@@ -442,6 +444,22 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
                     merged = torch.empty(shape, dtype=piece.dtype, device=piece.device) if merged is None else merged
                     merged[rows] = piece
             yield name, merged
+
+
+class _ReadOnAccess(Sequence):
+    """One tensor of every reader, read when indexed and not kept: a method that walks the members one after
+    the other (RegMean over its Gram matrices) holds one at a time."""
+
+    def __init__(self, readers: list, name: str, device: Any):
+        self.readers, self.name, self.device = readers, name, device
+
+    def __len__(self) -> int:
+        return len(self.readers)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return self.readers[i].get_tensor(self.name).to(self.device)
 
 
 # The bytes of the inputs (members, base, Fisher diagonals) one merge call may hold for one tensor: past it,

@@ -266,3 +266,17 @@ def test_statistics_use_the_seeded_first_batches(member):
     assert torch.equal(one, input_grams(model, data, names, batches=1, batch_size=8, seed=1)["classifier.weight"])
     assert not torch.equal(one, input_grams(model, data, names, batches=1, batch_size=8, seed=2)["classifier.weight"])
     assert not torch.equal(one, input_grams(model, data, names, batches=2, batch_size=8, seed=1)["classifier.weight"])
+
+
+def test_kth_largest_in_place_equals_torch_kthvalue():
+    """TIES's trim threshold by an in-place selection (no index tensor) is the very value kthvalue gives, ties included."""
+    from tasks.merge.ties import kth_largest
+
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        magnitude = torch.randn(257, 33, generator=generator, dtype=dtype).abs()
+        magnitude[:40] = magnitude[0, 0]  # many equal entries
+        for k in (1, 2, 100, 1320, magnitude.numel() - 1, magnitude.numel()):
+            expected = magnitude.flatten().kthvalue(magnitude.numel() - k + 1).values
+            found = kth_largest(magnitude.clone(), k)
+            assert found.dtype == dtype and found.item() == expected.item(), (dtype, k)

@@ -25,10 +25,19 @@ def trim_threshold(tau: torch.Tensor, density: float) -> torch.Tensor | None:
     """The magnitude an entry of `tau` must reach to be kept (None: density 1 keeps everything)."""
     if density >= 1:
         return None
-    k = max(1, int(density * tau.numel()))
-    # The k-th largest value (not an index, so independent of tie order); kthvalue selects without sorting
-    # the top k, about 2x faster than topk on an embedding matrix.
-    return tau.abs().flatten().kthvalue(tau.numel() - k + 1).values
+    return kth_largest(tau.abs(), max(1, int(density * tau.numel())))
+
+
+def kth_largest(magnitude: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest value of `magnitude` (a value, not an index, so independent of tie order), which it may
+    reorder. On the CPU a selection in place (numpy's introselect): torch's kthvalue copies the tensor and
+    allocates an int64 index per entry, three times an embedding matrix, for the same value."""
+    flat = magnitude.reshape(-1)
+    if flat.device.type != "cpu" or flat.dtype not in (torch.float32, torch.float64):
+        return flat.kthvalue(flat.numel() - k + 1).values
+    values = flat.numpy()
+    values.partition(flat.numel() - k)
+    return torch.tensor(values[flat.numel() - k], dtype=flat.dtype)
 
 
 def trim(tau: torch.Tensor, density: float, threshold: torch.Tensor | None = None) -> torch.Tensor:
@@ -43,8 +52,11 @@ def trim(tau: torch.Tensor, density: float, threshold: torch.Tensor | None = Non
 
 def member_threshold(tensor: torch.Tensor, base: torch.Tensor, params: TiesParams) -> torch.Tensor | None:
     """One member's trim threshold over its whole tensor: what a merge by blocks of rows needs first."""
+    if params.density >= 1:
+        return None
     dtype = working_dtype(tensor)
-    return trim_threshold(tensor.to(dtype) - base.to(device=tensor.device, dtype=dtype), params.density)
+    magnitude = (tensor.to(dtype) - base.to(device=tensor.device, dtype=dtype)).abs_()
+    return kth_largest(magnitude, max(1, int(params.density * magnitude.numel())))
 
 
 def disjoint_merge(taus: list[torch.Tensor]) -> torch.Tensor:
