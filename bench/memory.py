@@ -210,7 +210,7 @@ def peaks(label: str, hidden: int, layers: int, members: int, workdir: Path, log
     context = {"size": label, "members": members, **{k: population[k] for k in ("parameters", "model_gb", "largest_tensor_gb", "population_gb")}}
     run_id = f"memory-{label}-{members}"
     base_conf = run_config(population, folder)
-    wanted = lambda step: steps is None or any(pattern in step for pattern in steps)  # noqa: E731
+    wanted = lambda step: steps is None or any(pattern in step for pattern in steps)
     for step in ["download", "init", "offspring"]:
         if step == "offspring" and not wanted(step):
             continue
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)  # noqa: E731
+    log = lambda message: print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     log(f"free disk under {workdir}: {shutil.disk_usage(workdir).free / GB:.1f} GB")

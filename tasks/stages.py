@@ -32,8 +32,8 @@ import hashlib
 import math
 import statistics
 import tempfile
-from functools import cached_property
 from collections.abc import Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -415,7 +415,7 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
         stats = [stack.enter_context(run.store.open_tensors(key)) for key in stat_keys] if stat_keys else None
         for name in run.record["names"]:
             averaged = method.needs_base and name not in run.record["base_names"]
-            with_stats = not averaged and stats is not None and name in stats[0].keys()
+            with_stats = not averaged and stats is not None and name in stats[0]
             dtype, shape = readers[0].spec(name)
             # Same-shape statistics (Fisher) are cut into blocks like the tensors; Gram matrices stay whole.
             cut_stats = with_stats and method.statistic == "fisher"

@@ -150,6 +150,9 @@ class TensorFile:
     def keys(self) -> list[str]:
         return sorted(self._entries)
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
     def spec(self, name: str) -> tuple[Any, tuple[int, ...]]:
         import torch
 
