@@ -69,7 +69,7 @@ def build_population(folder: Path, hidden: int, layers: int, members: int, seed:
     from transformers import BertConfig, BertForSequenceClassification
 
     from tasks.corpora import minilm_folder
-    from tasks.store import write_tensor_stream
+    from tasks.store import widest_first, write_tensor_stream
 
     folder.mkdir(parents=True, exist_ok=True)
     config = BertConfig(
@@ -82,10 +82,9 @@ def build_population(folder: Path, hidden: int, layers: int, members: int, seed:
         id2label=dict(enumerate(LABELS)),
         label2id={label: i for i, label in enumerate(LABELS)},
     )
-    torch.manual_seed(seed)
     with torch.device("meta"):
         shapes = {name: (t.dtype, tuple(t.shape)) for name, t in BertForSequenceClassification(config).state_dict().items()}
-    specs = dict(sorted(shapes.items(), key=lambda item: -item[1][0].itemsize))
+    specs = widest_first(shapes)
     tokenizer_files = [f for f in minilm_folder().iterdir() if f.name.startswith(("tokenizer", "vocab", "special_tokens"))]
 
     def checkpoint(name: str, member: int | None) -> Path:

@@ -72,27 +72,22 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 
 def tensor_specs(folder: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """name -> (dtype, shape) from the safetensors headers alone."""
-    from safetensors import safe_open
+    """name -> (safetensors dtype code, shape) from the headers alone."""
+    from tasks.store import TensorFile
 
     specs = {}
     for file in safetensors_files(folder):
-        with safe_open(str(file), framework="pt") as reader:
-            for name in reader.keys():
-                piece = reader.get_slice(name)
-                specs[name] = (piece.get_dtype(), tuple(piece.get_shape()))
+        with TensorFile(file) as reader:
+            specs.update(reader.header_specs())
     return specs
 
 
 def torch_specs(folder: Path, names: Sequence[str]) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """name -> (torch dtype, shape) of `names`, in that order, from the headers alone."""
-    from tasks.store import TensorFile
+    from tasks.store import torch_dtype
 
-    found = {}
-    for file in safetensors_files(folder):
-        with TensorFile(file) as reader:
-            found.update({name: reader.spec(name) for name in reader.keys()})
-    return {name: found[name] for name in names}
+    specs = tensor_specs(folder)
+    return {name: (torch_dtype(specs[name][0], f"{folder}: tensor {name}"), specs[name][1]) for name in names}
 
 
 def check_compatible(folders: Sequence[Path]) -> None:

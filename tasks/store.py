@@ -123,6 +123,15 @@ _SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "
 _TORCH_DTYPES = {**{code: name for name, code in _SAFETENSORS_DTYPES.items()}, "U16": "uint16", "U32": "uint32", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 
 
+def torch_dtype(code: str, where: str = "safetensors"):
+    """The torch dtype of a safetensors dtype code (`F32`, `BF16`, ...)."""
+    import torch
+
+    if code not in _TORCH_DTYPES:
+        raise StoreError(f"{where}: dtype {code}, which this reader does not know")
+    return getattr(torch, _TORCH_DTYPES[code])
+
+
 class TensorFile:
     """A safetensors file read one tensor at a time with plain reads, not a memory map.
 
@@ -143,7 +152,7 @@ class TensorFile:
         except (struct.error, ValueError) as err:
             self._file.close()
             raise StoreError(f"{self.path} is not a safetensors file: {err}") from None
-        self.metadata = header.pop("__metadata__", None) or {}
+        header.pop("__metadata__", None)
         self._entries: dict[str, dict[str, Any]] = header
         self._data_start = 8 + size
 
@@ -153,13 +162,13 @@ class TensorFile:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
-    def spec(self, name: str) -> tuple[Any, tuple[int, ...]]:
-        import torch
+    def header_specs(self) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """name -> (safetensors dtype code, shape) of every tensor, as the header gives them."""
+        return {name: (entry["dtype"], tuple(entry["shape"])) for name, entry in self._entries.items()}
 
+    def spec(self, name: str) -> tuple[Any, tuple[int, ...]]:
         entry = self._entries[name]
-        if entry["dtype"] not in _TORCH_DTYPES:
-            raise StoreError(f"{self.path}: tensor {name} has dtype {entry['dtype']}, which this reader does not know")
-        return getattr(torch, _TORCH_DTYPES[entry["dtype"]]), tuple(entry["shape"])
+        return torch_dtype(entry["dtype"], f"{self.path}: tensor {name}"), tuple(entry["shape"])
 
     def get_tensor(self, name: str, rows: slice | None = None):
         """The tensor, or only the block `rows` of its first dimension (contiguous in the file, read alone)."""
@@ -194,6 +203,12 @@ class TensorFile:
 def tensor_specs(reader: TensorFile, names) -> dict[str, tuple[Any, tuple[int, ...]]]:
     """name -> (torch dtype, shape) from a reader's header, without reading any tensor."""
     return {name: reader.spec(name) for name in names}
+
+
+def widest_first(specs: dict[str, tuple[Any, tuple[int, ...]]]) -> dict[str, tuple[Any, tuple[int, ...]]]:
+    """`specs` reordered, wider dtypes first, so that `write_tensor_stream` starts every tensor's bytes aligned
+    to its element size."""
+    return dict(sorted(specs.items(), key=lambda item: -item[1][0].itemsize))
 
 
 def write_tensor_stream(
