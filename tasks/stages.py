@@ -33,7 +33,7 @@ import math
 import statistics
 import tempfile
 from collections.abc import Iterator, Sequence
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -417,12 +417,15 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
             inputs = len(readers) + (base is not None and not averaged) + (len(stats) if cut_stats else 0)
             # A tensor with a whole statistic (a Gram matrix) is merged whole: each block would repeat its solve.
             blocks = row_blocks(shape, dtype.itemsize * inputs, averaged or (method.row_blocks and (cut_stats or not with_stats)))
-            thresholds = None
+            seed = evolve.derive_seed(cfg.seed, "merge", name)
+            thresholds, carry = None, ({} if len(blocks) > 1 else None)
             if len(blocks) > 1 and not averaged and whole_tensor is not None:
-                thresholds = [whole_tensor(reader.get_tensor(name).to(device), base.get_tensor(name).to(device), params) for reader in readers]
+                thresholds = [
+                    whole_tensor(partial(_read, reader, name, device), partial(_read, base, name, device), params, seed, i) for i, reader in enumerate(readers)
+                ]
             merged = None
             for rows in blocks:
-                group = TensorGroup(name, [r.get_tensor(name, rows).to(device) for r in readers], seed=evolve.derive_seed(cfg.seed, "merge", name))
+                group = TensorGroup(name, [r.get_tensor(name, rows).to(device) for r in readers], seed=seed, carry=carry)
                 if not averaged:
                     if base is not None:
                         group.base = base.get_tensor(name, rows).to(device)
@@ -441,6 +444,10 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
             yield name, merged
 
 
+def _read(reader, name: str, device: Any):
+    return reader.get_tensor(name).to(device)
+
+
 class _ReadOnAccess(Sequence):
     """One tensor of every reader, read when indexed and not kept: a method that walks the members one after
     the other (RegMean over its Gram matrices) holds one at a time."""
@@ -452,14 +459,14 @@ class _ReadOnAccess(Sequence):
         return len(self.readers)
 
     def __getitem__(self, i: int):
-        return self.readers[i].get_tensor(self.name).to(self.device)
+        return _read(self.readers[i], self.name, self.device)
 
 
 # The bytes of the inputs (members, base, Fisher diagonals) one merge call may hold for one tensor: past it,
 # a method whose rows are independent merges the tensor a block of rows at a time. A method's temporaries are
 # a few times its inputs (TIES's about 5), so a block costs a bounded amount whatever the population size
 # (bench.memory: a merged candidate at 1.4-2.2 GB above the baseline for 1.1 GB models).
-MERGE_BLOCK_BYTES = 128 * 2**20
+MERGE_BLOCK_BYTES = 32 * 2**20
 
 
 def row_blocks(shape: tuple[int, ...], bytes_per_element: int, allowed: bool) -> list[slice | None]:

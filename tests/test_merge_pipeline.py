@@ -48,8 +48,9 @@ def test_task_vector_methods_need_the_base_model(tiny_config, capsys):
 
 def test_a_merge_by_blocks_of_rows_equals_the_whole_tensor_merge(tiny_config, tiny_population, monkeypatch):
     """A tensor too large to hold N times is merged a block of rows at a time (`stages.row_blocks`); for every
-    method that allows it the result is the same bits as merging it whole. DARE, whose masks span the whole
-    tensor, and RegMean's weights with a Gram matrix (each block would repeat the solve) are merged whole."""
+    method the result is the same bits as merging it whole: TIES's trim thresholds are computed over the whole
+    tensor first, DARE's masks continue from block to block (for each of its combines). RegMean's weights with a
+    Gram matrix are merged whole (each block would repeat the solve)."""
     import torch
     import yaml
 
@@ -57,11 +58,15 @@ def test_a_merge_by_blocks_of_rows_equals_the_whole_tensor_merge(tiny_config, ti
     from tasks.merge import METHODS
 
     conf = {**yaml.safe_load(tiny_config.read_text()), "base_model": str(tiny_population["base"]), "generations": 0}
-    for merger, method in METHODS.items():
-        run_conf = {**conf, "merger": merger}
-        stages.download_models(run_conf, f"blocks-{merger}")
-        stages.init_population(run_conf, f"blocks-{merger}")
-        run = stages.Run(run_conf, f"blocks-{merger}")
+    dare_combines = {"dare ties": {"combine": "ties", "density": 0.3, "lam": 0.8}, "dare average": {"combine": "average", "p": 0.5}}
+    for label in [*METHODS, *dare_combines]:
+        merger = label.split()[0]
+        method = METHODS[merger]
+        run_conf = {**conf, "merger": merger, "merge_params": {merger: dare_combines.get(label, {})}}
+        run_id = f"blocks-{label.replace(' ', '-')}"
+        stages.download_models(run_conf, run_id)
+        stages.init_population(run_conf, run_id)
+        run = stages.Run(run_conf, run_id)
         members = run.store.get_json("init.json")["members"]
         monkeypatch.setattr(stages, "MERGE_BLOCK_BYTES", 10**12)
         whole = dict(stages._candidate_tensors(run, members, 0))
@@ -71,5 +76,5 @@ def test_a_merge_by_blocks_of_rows_equals_the_whole_tensor_merge(tiny_config, ti
         blocks = dict(stages._candidate_tensors(run, members, 0))
         assert blocks.keys() == whole.keys()
         for name in whole:
-            assert torch.equal(blocks[name], whole[name]), f"{merger}: {name} differs when merged by blocks of rows"
-        assert method.row_blocks == (merger != "dare")
+            assert torch.equal(blocks[name], whole[name]), f"{label}: {name} differs when merged by blocks of rows"
+        assert method.row_blocks

@@ -23,6 +23,9 @@ class TensorGroup:
     thresholds: per member, what a method computes over the whole tensor before merging it elementwise (TIES's
     trim threshold), when `tensors` hold only a block of its rows: the caller merges a tensor too large to hold
     N times a block of rows at a time (`MergeMethod.row_blocks`). None: the tensors are whole.
+    carry: with blocks of rows, one dict that the blocks of the same tensor share, in row order: what a method
+    carries from one block to the next (DARE's random streams go on where the previous block stopped). None: the
+    tensors are whole, and nothing carries over from an earlier merge.
     """
 
     name: str
@@ -31,3 +34,4 @@ class TensorGroup:
     stats: list[Tensor] | None = None
     seed: int = 0
     thresholds: list[Tensor | None] | None = None
+    carry: dict | None = None

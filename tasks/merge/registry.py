@@ -38,15 +38,18 @@ class MergeMethod:
     statistic: Literal["fisher", "gram"] | None  # per-member statistic the caller must fill TensorGroup.stats with
     # Whether each row of the output depends only on the same row of the inputs (Fisher diagonals are cut like
     # the tensors, Gram matrices stay whole), given `whole_tensor`'s per-member values: then a tensor too large
-    # to hold N times is merged a block of rows at a time, with the same result. DARE's drop masks are drawn
-    # over the whole tensor, so it is not.
+    # to hold N times is merged a block of rows at a time, with the same result (DARE: its mask streams continue
+    # from block to block in `TensorGroup.carry`).
     row_blocks: bool = False
-    whole_tensor: str | None = None  # "module:function"(member tensor, base tensor, params) -> TensorGroup.thresholds[i]
+    # "module:function"(member, base, params, seed, index) -> TensorGroup.thresholds[index]: member and base are
+    # zero-argument readers that return fresh copies of the whole tensors (the function may change them), called
+    # only where the params need a whole-tensor value.
+    whole_tensor: str | None = None
 
     def load(self) -> Callable[[TensorGroup, BaseModel], torch.Tensor]:
         return _function(self.impl)
 
-    def load_whole_tensor(self) -> Callable[[torch.Tensor, torch.Tensor, BaseModel], torch.Tensor | None] | None:
+    def load_whole_tensor(self) -> Callable[..., torch.Tensor | None] | None:
         return _function(self.whole_tensor) if self.whole_tensor else None
 
 
@@ -72,7 +75,9 @@ METHODS: dict[str, MergeMethod] = {
         MergeMethod(
             "ties", "tasks.merge.ties:merge_ties", TiesParams, needs_base=True, statistic=None, row_blocks=True, whole_tensor="tasks.merge.ties:member_threshold"
         ),
-        MergeMethod("dare", "tasks.merge.dare:merge_dare", DareParams, needs_base=True, statistic=None),
+        MergeMethod(
+            "dare", "tasks.merge.dare:merge_dare", DareParams, needs_base=True, statistic=None, row_blocks=True, whole_tensor="tasks.merge.dare:member_threshold"
+        ),
     )
 }
 

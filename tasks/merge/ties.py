@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from tasks.merge.average import working_dtype
@@ -50,12 +52,15 @@ def trim(tau: torch.Tensor, density: float, threshold: torch.Tensor | None = Non
     return tau * (tau.abs() >= threshold)
 
 
-def member_threshold(tensor: torch.Tensor, base: torch.Tensor, params: TiesParams) -> torch.Tensor | None:
-    """One member's trim threshold over its whole tensor: what a merge by blocks of rows needs first."""
+def member_threshold(member: Callable[[], torch.Tensor], base: Callable[[], torch.Tensor], params: TiesParams, seed: int, index: int) -> torch.Tensor | None:
+    """One member's trim threshold over its whole tensor: what a merge by blocks of rows needs first. The
+    readers return fresh tensors, read only when needed: the task vector is made in place in the member's."""
     if params.density >= 1:
         return None
+    tensor = member()
     dtype = working_dtype(tensor)
-    magnitude = (tensor.to(dtype) - base.to(device=tensor.device, dtype=dtype)).abs_()
+    magnitude = tensor.to(dtype).sub_(base().to(device=tensor.device, dtype=dtype)).abs_()
+    del tensor
     return kth_largest(magnitude, max(1, int(params.density * magnitude.numel())))
 
 
