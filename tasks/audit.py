@@ -74,6 +74,7 @@ def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
         label2id=label2id,
         num_labels=model.config.num_labels,
         max_length=cfg.data.max_length,
+        text_pair_column=cfg.data.text_pair_column,
     )
     rows = range(len(data["labels"]))
     marks = taskpool.validation_rows(data["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)

@@ -60,6 +60,12 @@ class DataConfig(_Strict):
         description="A fraction of every dev source, or a list of sources, that fitness never sees; picks the output (best validation). null: off.",
     )
     text_column: str = Field("text", title="Text column")
+    # Sentence-pair tasks (MRPC and RTE pair two sentences, BoolQ-style tasks a question and a passage) give every
+    # example a second text, in this column: the tokenizer encodes the two as one pair, segments marked. null: one
+    # text per example, the single-text tasks.
+    text_pair_column: str | None = Field(
+        None, title="Text pair column", description="The second text of a sentence-pair task (e.g. MRPC, RTE); null: single texts."
+    )
     label_column: str = Field("label", title="Label column", description="Integer ids, or names found in the models' label2id.")
     # 64 tokens covers the median tweet many times over; raise it for longer documents.
     max_length: int = Field(64, ge=8, le=4096, title="Max tokens")

@@ -182,6 +182,7 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
             label2id=record["label2id"],
             num_labels=record["num_labels"],
             max_length=cfg.data.max_length,
+            text_pair_column=cfg.data.text_pair_column,
         )
         if name == "dev":
             marks = taskpool.validation_rows(encoded["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)
@@ -204,7 +205,7 @@ def _log_datasets(run: Run, sets: dict[str, Any]) -> None:
     tables = {}
     for name, source in sets.items():
         description = source if isinstance(source, str) else " + ".join(source)
-        tables[name] = (description, taskpool.table(source, cfg.data.text_column, cfg.data.label_column))
+        tables[name] = (description, taskpool.table(source, cfg.data.text_column, cfg.data.label_column, cfg.data.text_pair_column))
     tracking.log_datasets(cfg, run.record["mlflow_run_id"], tables)
 
 

@@ -20,12 +20,17 @@ from tasks.config import InputError
 _FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
+# The encoded tensors a model reads; token_type_ids only where `encode` wrote them (pairs).
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 class DataError(InputError):
     """A data source that cannot be read or labelled; raised before any model runs."""
 
 
-def read_source(source: str, text_column: str, label_column: str) -> tuple[list[str], list]:
-    """Texts and raw labels from a file, a `save_to_disk` folder or a hub dataset (`name` or `name:split`)."""
+def read_source(source: str, text_column: str, label_column: str, text_pair_column: str | None = None) -> tuple[list[str], list[str] | None, list]:
+    """Texts, their second texts (None without a pair column) and raw labels from a file, a `save_to_disk`
+    folder or a hub dataset (`name` or `name:split`)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -50,10 +55,12 @@ def read_source(source: str, text_column: str, label_column: str) -> tuple[list[
         raise
     except Exception as err:
         raise DataError(f"data source {source!r} cannot be read: {err}") from None
-    missing = [c for c in (text_column, label_column) if c not in table.column_names]
+    columns = [c for c in (text_column, text_pair_column, label_column) if c is not None]
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; it has {table.column_names}")
-    return [str(t) for t in table[text_column]], list(table[label_column])
+    pairs = None if text_pair_column is None else [str(t) for t in table[text_pair_column]]
+    return [str(t) for t in table[text_column]], pairs, list(table[label_column])
 
 
 def encode_labels(raw: Sequence, label2id: dict[str, int], num_labels: int, source: str) -> torch.Tensor:
@@ -72,24 +79,44 @@ def encode_labels(raw: Sequence, label2id: dict[str, int], num_labels: int, sour
 
 
 def encode(
-    sources: str | Sequence[str], *, tokenizer, text_column: str, label_column: str, label2id: dict[str, int], num_labels: int, max_length: int
+    sources: str | Sequence[str],
+    *,
+    tokenizer,
+    text_column: str,
+    label_column: str,
+    label2id: dict[str, int],
+    num_labels: int,
+    max_length: int,
+    text_pair_column: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """Tokenise one evaluation set (sources concatenated) into padded tensors plus per-example lengths and the
-    index of the source each example came from (what per-domain fitness and the validation split group by)."""
+    index of the source each example came from (what per-domain fitness and the validation split group by).
+    With a pair column every example is a pair of texts, and `token_type_ids` mark the second one where the
+    tokenizer has segments."""
     sources = [sources] if isinstance(sources, str) else list(sources)
-    texts, labels, origin = [], [], []
+    texts, pairs, labels, origin = [], [], [], []
     for index, source in enumerate(sources):
-        source_texts, raw = read_source(source, text_column, label_column)
+        source_texts, source_pairs, raw = read_source(source, text_column, label_column, text_pair_column)
         if not source_texts:
             raise DataError(f"{source}: no rows")
         texts += source_texts
+        if source_pairs is not None:
+            pairs += source_pairs
         labels.append(encode_labels(raw, label2id, num_labels, source))
         origin.append(torch.full((len(source_texts),), index, dtype=torch.int32))
-    tokens = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+    if text_pair_column is None:
+        tokens = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+    else:
+        # longest_first trims the longer text of a pair a token at a time: a long passage cannot crowd out its question.
+        tokens = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length, padding="longest", return_tensors="pt")
     attention_mask = tokens["attention_mask"].to(torch.int8)
+    encoded = {"input_ids": tokens["input_ids"].to(torch.int32), "attention_mask": attention_mask}
+    # Single texts carry no segments: a BERT tokenizer's all-zero ones are what the model assumes without them.
+    # RoBERTa-like tokenizers give pairs none either: separators alone mark the second text.
+    if text_pair_column is not None and "token_type_ids" in tokens:
+        encoded["token_type_ids"] = tokens["token_type_ids"].to(torch.int8)
     return {
-        "input_ids": tokens["input_ids"].to(torch.int32),
-        "attention_mask": attention_mask,
+        **encoded,
         "lengths": attention_mask.sum(1).to(torch.int32),
         "labels": torch.cat(labels),
         "source": torch.cat(origin),
@@ -121,14 +148,16 @@ def validation_mask(source: torch.Tensor, fraction: float, seed: int) -> torch.T
     return mask
 
 
-def table(sources: str | Sequence[str], text_column: str, label_column: str):
-    """The raw rows of an evaluation set as a pandas frame (what MLflow records as a run input)."""
+def table(sources: str | Sequence[str], text_column: str, label_column: str, text_pair_column: str | None = None):
+    """The raw rows of an evaluation set as a pandas frame (what MLflow records as a run input, its digest
+    included: the pair column is part of the data's identity)."""
     import pandas as pd
 
     frames = []
     for source in [sources] if isinstance(sources, str) else sources:
-        texts, raw = read_source(source, text_column, label_column)
-        frames.append(pd.DataFrame({text_column: texts, label_column: raw, "source": source}))
+        texts, pairs, raw = read_source(source, text_column, label_column, text_pair_column)
+        second = {} if pairs is None else {text_pair_column: pairs}
+        frames.append(pd.DataFrame({text_column: texts, **second, label_column: raw, "source": source}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -193,15 +222,14 @@ def grouped_confusion(
     bounds = batch_bounds(data["lengths"], batch_size, batch_tokens, rows.start, rows.stop)
     part = slice(rows.start, rows.stop)
     width = int(data["lengths"][part].max())
-    input_ids = data["input_ids"][part, :width].to(device, non_blocking=True).long()
-    attention_mask = data["attention_mask"][part, :width].to(device, non_blocking=True).long()
+    inputs = {name: data[name][part, :width].to(device, non_blocking=True).long() for name in MODEL_INPUTS if name in data}
     group = groups[part].to(device).long() if groups is not None else torch.zeros(len(rows), dtype=torch.long, device=device)
     cell = group * cells + data["labels"][part].to(device).long() * num_labels
     widths = data["lengths"][part]
     for start, stop in zip(bounds[:-1], bounds[1:]):
         batch = slice(start - rows.start, stop - rows.start)
         width = int(widths[batch].max())  # pad only to the longest example of this batch
-        logits = model(input_ids=input_ids[batch, :width], attention_mask=attention_mask[batch, :width]).logits
+        logits = model(**{name: tensor[batch, :width] for name, tensor in inputs.items()}).logits
         counts += torch.bincount(cell[batch] + logits.argmax(-1), minlength=n_groups * cells)
     return counts.view(n_groups, num_labels, num_labels).tolist()
 

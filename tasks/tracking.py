@@ -122,7 +122,7 @@ def start_run(cfg: EvolverConfig, run_key: str, tags: dict[str, str] | None = No
 
 
 def log_datasets(cfg: EvolverConfig, run_id: str, tables: dict[str, tuple[str, Any]]) -> None:
-    """Record the data sets as run inputs: context -> (source description, pandas frame of text and label).
+    """Record the data sets as run inputs: context -> (source description, pandas frame of text(s) and label).
     MLflow keeps one input per (digest, context), so a retry adds nothing."""
     import mlflow.data
     from mlflow.entities import DatasetInput, InputTag

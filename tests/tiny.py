@@ -42,11 +42,17 @@ def sentences(domain: str, n: int, seed: int) -> list[tuple[str, str]]:
     return rows
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+def sentence_pairs(domain: str, n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(question, passage, label) rows: a filler question, and the domain's sentence with its keyword as the passage."""
+    rng = random.Random(f"{domain}/{seed}/question")
+    return [(" ".join(rng.choices(FILLER, k=rng.randint(2, 4))), passage, label) for passage, label in sentences(domain, n, seed)]
+
+
+def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] = ("text", "label")) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["text", "label"])
+        writer.writerow(header)
         writer.writerows(rows)
     return path
 

@@ -16,16 +16,19 @@ from collections.abc import Iterator
 
 import torch
 
+from tasks.taskpool import MODEL_INPUTS
+
 
 def _batches(
     data: dict[str, torch.Tensor], *, batches: int, batch_size: int, seed: int, device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(input_ids, attention_mask) of the first `batches` batches of a seeded permutation, each cut to its longest row."""
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The model inputs (input_ids, attention_mask and, for sentence pairs, token_type_ids) of the first `batches`
+    batches of a seeded permutation, each cut to its longest row."""
     order = torch.randperm(len(data["labels"]), generator=torch.Generator(device="cpu").manual_seed(seed))
     for start in range(0, min(batches * batch_size, len(order)), batch_size):
         rows = order[start : start + batch_size]
         width = int(data["lengths"][rows].max())
-        yield data["input_ids"][rows, :width].long().to(device), data["attention_mask"][rows, :width].long().to(device)
+        yield {name: data[name][rows, :width].long().to(device) for name in MODEL_INPUTS if name in data}
 
 
 def fisher_diagonals(model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
@@ -40,11 +43,11 @@ def fisher_diagonals(model, data: dict[str, torch.Tensor], names: list[str], *, 
             p.requires_grad_(name in covered)
             p.grad = None
         with torch.enable_grad():
-            for input_ids, attention_mask in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
-                log_probs = model(input_ids=input_ids, attention_mask=attention_mask).logits.float().log_softmax(-1)
+            for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
+                log_probs = model(**inputs).logits.float().log_softmax(-1)
                 predicted = log_probs.argmax(-1)
                 torch.nn.functional.nll_loss(log_probs, predicted).backward()
-                rows = len(input_ids)
+                rows = len(inputs["input_ids"])
                 for name, p in covered.items():
                     if p.grad is not None:  # a parameter the forward pass did not use (e.g. an unused pooler)
                         sums[name] += p.grad.float() ** 2 * rows
@@ -91,8 +94,9 @@ def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batch
     device = next(model.parameters()).device
     handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     try:
-        for input_ids, mask in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
-            model(input_ids=input_ids, attention_mask=mask)
+        for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
+            mask = inputs["attention_mask"]
+            model(**inputs)
             last[:] = [None, None, 0]
     finally:
         for handle in handles:

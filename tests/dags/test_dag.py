@@ -17,6 +17,17 @@ def test_structure_params_and_retries(dag):
     assert "validation" in dag.params.get_param("data").schema["properties"]
 
 
+def test_form_takes_an_optional_text_pair_column(dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    data = dag.params.get_param("data")
+    assert data.schema["properties"]["text_pair_column"]["default"] is None
+    for form in ({"dev": "pairs.csv"}, {"dev": "pairs.csv", "text_pair_column": None}, {"dev": "pairs.csv", "text_pair_column": "passage"}):
+        assert data.resolve(form) == form  # raises when the form does not validate
+    with pytest.raises(ParamValidationError):
+        data.resolve({"dev": "pairs.csv", "text_pair_column": 3})
+
+
 def test_dag_run_matches_cli(dag, tiny_config, tmp_path):
     """With the guards on (the production test covers the defaults): the same lineage, output and weights."""
     from tasks.cli import main
