@@ -226,4 +226,5 @@ def model_with(
             if name not in state:
                 raise IncompatibleCheckpoints(f"tensor {name} is not a parameter of the model in {folder}")
             state[name].copy_(tensor)
+            del tensor  # before the stream makes the next one
     return model

@@ -443,6 +443,7 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
                     merged = torch.empty(shape, dtype=piece.dtype, device=piece.device) if merged is None else merged
                     merged[rows] = piece
             yield name, merged
+            del merged, piece  # the consumer holds the only copy now, and drops it before the next tensor
 
 
 def _read(reader, name: str, device: Any):

@@ -30,7 +30,7 @@ def merge_regmean(group: TensorGroup, params: RegMeanParams) -> torch.Tensor:
         torch.diagonal(gram).add_((1 - params.alpha) * diagonal)
         gram_sum += gram
         rhs += gram @ weight.to(torch.float64).T
-    del gram, diagonal  # the solve copies gram_sum: one float64 Gram matrix fewer beside it
+        del gram  # before the next member's is read, and before the solve, which copies gram_sum
     solution, info = torch.linalg.solve_ex(gram_sum, rhs)
     if info.item() != 0:  # singular: an input feature that is zero on every member's data; any solution fits
         solution = torch.linalg.pinv(gram_sum) @ rhs
