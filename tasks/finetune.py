@@ -34,10 +34,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_rows(train_csv: Path, label2id: dict[str, int]) -> tuple[list[str], list[int]]:
+def _read_rows(train_csv: Path, label2id: dict[str, int], pair_column: str | None = None) -> tuple[list[str], list[str] | None, list[int]]:
     # dtype=str and no NA parsing: a text such as "NA" stays text, and label names stay names.
     table = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
-    missing = {"text", "label"} - set(table.columns)
+    missing = {"text", "label", *([pair_column] if pair_column else [])} - set(table.columns)
     if missing:
         raise ValueError(f"{train_csv}: missing column(s) {sorted(missing)}; it has {list(table.columns)}")
     unknown = sorted(set(table["label"]) - set(label2id))
@@ -45,7 +45,8 @@ def _read_rows(train_csv: Path, label2id: dict[str, int]) -> tuple[list[str], li
         raise ValueError(f"{train_csv}: labels {unknown[:10]} are not among {sorted(label2id)}")
     if table.empty:
         raise ValueError(f"{train_csv}: no rows")
-    return table["text"].tolist(), [label2id[label] for label in table["label"]]
+    pairs = table[pair_column].tolist() if pair_column else None
+    return table["text"].tolist(), pairs, [label2id[label] for label in table["label"]]
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -87,9 +88,11 @@ def finetune(
     weight_decay: float = 0.01,
     seed: int = 0,
     device: str = "auto",
+    text_pair_column: str | None = None,
     log: Callable[[str], object] = print,
 ) -> Path:
-    """Fine-tune base_model on train_csv (columns text, label) and save it with its tokenizer to out_dir.
+    """Fine-tune base_model on train_csv (columns text, label, and the second text of a sentence-pair task in
+    `text_pair_column`, encoded as the task pool encodes pairs) and save it with its tokenizer to out_dir.
 
     Returns out_dir. If out_dir already holds a checkpoint made with the same arguments from a training file
     with the same content, nothing is trained. `device` is not part of that identity: it changes speed, not
@@ -108,13 +111,15 @@ def finetune(
         "seed": seed,
         "train_csv_sha256": _sha256(train_csv),
     }
+    if text_pair_column is not None:  # only then: single-text checkpoints made before it stay up to date
+        args["text_pair_column"] = text_pair_column
     record_path = out_dir / RECORD
     if record_path.is_file() and json.loads(record_path.read_text()).get("args") == args:
         log(f"{out_dir}: up to date, not fine-tuning again")
         return out_dir
 
     label2id = {label: i for i, label in enumerate(labels)}
-    texts, targets = _read_rows(train_csv, label2id)
+    texts, pairs, targets = _read_rows(train_csv, label2id, text_pair_column)
     dev = _resolve_device(device)
     set_seed(seed)  # python, numpy and torch (CPU and CUDA): the new classifier head and dropout draw from it
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -138,9 +143,19 @@ def finetune(
         for begin in range(0, len(order), batch_size):
             batch = order[begin : begin + batch_size]
             # Padding per batch to its longest text, not to max_length: most tweets are far shorter.
-            enc = tokenizer(
-                [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            ).to(dev)
+            if pairs is None:
+                enc = tokenizer(
+                    [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                ).to(dev)
+            else:  # as taskpool.encode tokenises pairs: a long second text cannot crowd out the first
+                enc = tokenizer(
+                    [texts[i] for i in batch],
+                    [pairs[i] for i in batch],
+                    padding=True,
+                    truncation="longest_first",
+                    max_length=max_length,
+                    return_tensors="pt",
+                ).to(dev)
             loss = model(**enc, labels=torch.tensor([targets[i] for i in batch], device=dev)).loss
             loss.backward()
             optimizer.step()

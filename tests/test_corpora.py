@@ -177,6 +177,26 @@ def test_finetune_is_cached(tmp_path):
     assert json.loads((out / RECORD).read_text())["args"]["seed"] == 1
 
 
+def test_finetune_learns_from_the_pair_column(tmp_path):
+    """The first text is the same question on every row; only the second text (the pair) tells the label."""
+    base = _tiny_base(tmp_path / "base")
+    rows = [("was the show fine", f"the {topic} was {word}", label) for topic in ("flight", "show") for word, label in (("good", "yes"), ("bad", "no"))] * 4
+    train_csv = tmp_path / "train.csv"
+    pd.DataFrame(rows, columns=["text", "passage", "label"]).to_csv(train_csv, index=False)
+    kwargs = dict(base_model=base, labels=("no", "yes"), epochs=20, lr=3e-3, batch_size=4, seed=0, device="cpu", log=lambda _: None)
+
+    out = finetune(train_csv, tmp_path / "member", text_pair_column="passage", **kwargs)
+    assert json.loads((out / RECORD).read_text())["args"]["text_pair_column"] == "passage"
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        logits = model(**tokenizer([r[0] for r in rows], [r[1] for r in rows], padding=True, return_tensors="pt")).logits
+    assert [model.config.id2label[i] for i in logits.argmax(-1).tolist()] == [r[2] for r in rows]
+
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['question'\]"):
+        finetune(train_csv, tmp_path / "other", text_pair_column="question", **kwargs)
+
+
 def test_extra_dev_rows_come_after_train_and_change_no_other_file(tmp_path):
     plain = _write(tmp_path / "plain", seed=3)
     extended = corpora.write_splits(
