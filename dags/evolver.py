@@ -41,11 +41,10 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-import yaml
 from airflow.sdk import Asset, Param, dag, get_current_context, task, task_group
 from airflow.sdk.exceptions import DownstreamTasksSkipped
 
-from tasks.config import models_from_events, param_schemas
+from tasks.config import load_yaml, models_from_events, param_schemas
 
 MAX_GENERATIONS = int(os.environ.get("EVOLVER_MAX_GENERATIONS", "15"))
 MAX_ROUNDS = int(os.environ.get("EVOLVER_MAX_ROUNDS", "5"))
@@ -243,7 +242,7 @@ def _tasks() -> None:
 
 
 def _yaml(path: str | Path) -> dict:
-    return yaml.safe_load(Path(path).read_text()) or {}
+    return load_yaml(Path(path).read_text(), str(path)) or {}
 
 
 # The manually triggered DAG; EVOLVER_DEFAULT_CONFIG (a YAML config) fills its form.

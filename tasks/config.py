@@ -9,6 +9,7 @@ This module must stay light (pydantic and yaml only): the DAG file imports it at
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -251,6 +252,7 @@ class EvolverConfig(_Strict):
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> EvolverConfig:
+        refuse_credentials(raw)  # before validation: its messages quote the values they reject
         try:
             return cls.model_validate(raw)
         except ValidationError as err:
@@ -258,7 +260,7 @@ class EvolverConfig(_Strict):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> EvolverConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = load_yaml(Path(path).read_text(), str(path)) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config keys")
         for item in overrides:
@@ -292,7 +294,46 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"--set {item!r}: {part} is not a mapping")
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = load_yaml(value, f"--set {key}")
+
+
+class _NoAliases(yaml.SafeLoader):
+    """Safe YAML without aliases: a run config has no use for them, and a few nested ones (an "alias bomb")
+    expand to billions of nodes once the config is validated or logged."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise ConfigError(f"{self.name}: line {mark.line + 1}: a YAML alias (*name); aliases are not allowed in a run config")
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """One YAML document, safely and without aliases; a syntax error names `where`."""
+    loader = _NoAliases(text)
+    loader.name = where
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
+
+
+_URI_WITH_CREDENTIALS = re.compile(r"^\s*[A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s]*@")
+
+
+def refuse_credentials(raw: Any, path: str = "") -> None:
+    """A URI with user:secret@ in it would land in logs, MLflow params and the run store: refuse it, naming
+    the key and never the value."""
+    if isinstance(raw, str) and _URI_WITH_CREDENTIALS.match(raw):
+        raise ConfigError(
+            f"{path or 'config'}: a URI with credentials in it (scheme://user:secret@...); give them through the "
+            "environment (AWS_ACCESS_KEY_ID, ...) or an Airflow connection, never in a config"
+        )
+    items = raw.items() if isinstance(raw, dict) else enumerate(raw) if isinstance(raw, list) else ()
+    for key, value in items:
+        refuse_credentials(value, f"{path}.{key}" if path and isinstance(key, str) else f"{path}[{key}]" if path else str(key))
 
 
 def _describe(err: ValidationError) -> str:

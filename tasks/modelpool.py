@@ -90,13 +90,37 @@ def torch_specs(folder: Path, names: Sequence[str]) -> dict[str, tuple[torch.dty
     return {name: (torch_dtype(specs[name][0], f"{folder}: tensor {name}"), specs[name][1]) for name in names}
 
 
+# Files whose `auto_map` points transformers at Python code shipped with the checkpoint.
+_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
+
+def check_no_custom_code(folder: Path) -> None:
+    """Refuse a checkpoint that brings its own code: transformers runs it only with trust_remote_code, which
+    this project never sets, so such a model would fail later or load as something else. Say so now, by name."""
+    found = sorted(f.name for f in folder.glob("*.py"))
+    for name in _CODE_CONFIGS:
+        path = folder / name
+        if path.is_file() and "auto_map" in (json.loads(path.read_text()) or {}):
+            found.append(f"auto_map in {name}")
+    if found:
+        raise IncompatibleCheckpoints(
+            f"{folder}: custom code ({', '.join(found)}); no checkpoint's own code is ever run here: "
+            "use a checkpoint of a built-in transformers architecture"
+        )
+
+
 def check_compatible(folders: Sequence[Path]) -> None:
     """Same architecture, parameter names, shapes and dtypes; raises with every difference listed."""
     problems = []
     reference = folders[0]
     ref_arch = _architecture(reference)
     ref_specs = tensor_specs(reference)
+    ref_vocabulary = _vocabulary(reference)
     for folder in folders[1:]:
+        vocabulary = _vocabulary(folder)
+        if None not in (vocabulary, ref_vocabulary) and vocabulary != ref_vocabulary:
+            moved = sum(ref_vocabulary.get(token) != i for token, i in vocabulary.items())
+            problems.append(f"{folder}: its tokenizer gives {moved} tokens other ids than {reference}'s: the same embedding rows would mean other words")
         arch = _architecture(folder)
         if arch != ref_arch:
             problems.append(f"{folder}: architecture {arch} differs from {reference}: {ref_arch}")
@@ -113,6 +137,18 @@ def check_compatible(folders: Sequence[Path]) -> None:
         raise IncompatibleCheckpoints(
             f"{len(problems)} incompatibilities between the checkpoints:\n  " + "\n  ".join(problems)
         )
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def _vocabulary(folder: Path) -> dict[str, int] | None:
+    """token -> id of the folder's tokenizer, or None where it ships none (the first member's is used)."""
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).get_vocab()
 
 
 def _architecture(folder: Path) -> tuple[str, tuple[str, ...], int]:

@@ -97,13 +97,15 @@ def download_models(
     from tasks import modelpool, tracking
 
     folders = [modelpool.resolve(source) for source in cfg.models]
+    base = modelpool.resolve(cfg.base_model) if cfg.base_model is not None else None
+    for folder in [*folders, *([base] if base else [])]:
+        modelpool.check_no_custom_code(folder)
     modelpool.check_compatible(folders)
     names = modelpool.mergeable_names(folders[0], cfg.exclude)
     for folder in folders:
         modelpool.check_finite(folder, names)
-    base, based = None, {}
-    if cfg.base_model is not None:
-        base = modelpool.resolve(cfg.base_model)
+    based = {}
+    if base is not None:
         based = modelpool.base_names(base, folders[0], names)
         modelpool.check_finite(base, list(based.values()))
     label2id, num_labels = modelpool.labels(folders[0])
@@ -185,6 +187,12 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
             text_pair_column=cfg.data.text_pair_column,
         )
         if name == "dev":
+            batches = len(taskpool.batch_bounds(encoded["lengths"], cfg.data.batch_size, cfg.data.batch_tokens)) - 1
+            if cfg.shards > batches:  # before any statistic or score: a shard without rows would score nothing
+                raise ConfigError(
+                    f"shards: {cfg.shards} is more than the {batches} batch(es) of the dev data ({len(encoded['labels'])} rows); "
+                    f"use at most {batches}, or a smaller data.batch_size"
+                )
             marks = taskpool.validation_rows(encoded["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)
             encoded["validation"] = marks.to(torch.uint8)
             sizes["validation"] = int(encoded["validation"].sum())

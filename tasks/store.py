@@ -524,10 +524,15 @@ def open_store(uri: str) -> Store:
         bucket, _, prefix = rest.partition("/")
         if not bucket:
             raise StoreError(f"store {uri!r}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+        if ".." in prefix.split("/"):
+            raise StoreError(f"store {uri!r}: a '..' in an object prefix; name the prefix itself")
         return S3Store(bucket, prefix)
     raise StoreError(f"store {uri!r}: scheme {scheme}:// is not supported (use a folder, file:// or s3://)")
 
 
 def run_key(run_id: str) -> str:
-    """A store-safe folder name for an Airflow or CLI run id (`manual__2026-11-25T10:00:00+00:00`)."""
+    """A store-safe folder name for an Airflow or CLI run id (`manual__2026-11-25T10:00:00+00:00`). An id
+    that tries to reach outside its run's folder is refused rather than quietly renamed."""
+    if any(bad in run_id for bad in ("/", "\\", "..", "\x00")):
+        raise StoreError(f"run id {run_id!r}: '/', '\\', '..' and NUL are not allowed in a run id")
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", run_id).strip("_") or "run"

@@ -8,6 +8,7 @@ score is bit-identical for any number of shards.
 
 from __future__ import annotations
 
+import codecs
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,8 @@ def read_source(source: str, text_column: str, label_column: str, text_pair_colu
             fmt = _FILE_FORMATS.get(path.suffix.lower())
             if fmt is None:
                 raise DataError(f"{source}: unknown file type {path.suffix!r}; use one of {sorted(_FILE_FORMATS)}")
+            if fmt in ("csv", "json"):
+                _check_text_file(path, source, header=fmt == "csv")
             extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
             table = datasets.load_dataset(fmt, data_files=str(path), split="train", **extra)
         elif path.is_dir():
@@ -61,6 +64,23 @@ def read_source(source: str, text_column: str, label_column: str, text_pair_colu
         raise DataError(f"{source}: missing column(s) {missing}; it has {table.column_names}")
     pairs = None if text_pair_column is None else [str(t) for t in table[text_pair_column]]
     return [str(t) for t in table[text_column]], pairs, list(table[label_column])
+
+
+def _check_text_file(path: Path, source: str, header: bool) -> None:
+    """UTF-8 throughout, and at least one row: said plainly here, where the datasets reader would fail with a
+    message about its own internals."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines = 0, 0
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                raise DataError(f"{source}: not UTF-8 text (byte 0x{chunk[err.start]:02x} at offset {offset + err.start}); save it as UTF-8") from None
+            offset += len(chunk)
+            lines += sum(1 for line in chunk.splitlines() if line.strip()) if lines < 2 else 0
+    if lines <= int(header):
+        raise DataError(f"{source}: no rows")
 
 
 def encode_labels(raw: Sequence, label2id: dict[str, int], num_labels: int, source: str) -> torch.Tensor:

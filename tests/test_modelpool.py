@@ -38,6 +38,27 @@ def test_nan_weights_fail_before_compute(tiny_population, tiny_config, tmp_path)
     assert main(["run", str(tiny_config), "--set", f"models=[{first},{nan}]"]) == 2
 
 
+@pytest.mark.parametrize("where", ["config.json", "tokenizer_config.json", "modeling_evil.py"])
+def test_checkpoints_with_their_own_code_are_refused_before_compute(tiny_population, tiny_config, tmp_path, where):
+    import json
+
+    first = tiny_population["members"][0]
+    custom = tmp_path / "custom"
+    shutil.copytree(first, custom)
+    if where.endswith(".py"):
+        (custom / where).write_text("raise SystemExit('remote code ran')\n")
+    else:
+        path = custom / where
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        path.write_text(json.dumps({**config, "auto_map": {"AutoModelForSequenceClassification": "modeling_evil.Evil"}}))
+    with pytest.raises(modelpool.IncompatibleCheckpoints, match=f"custom code.*{where if where.endswith('.py') else 'auto_map in ' + where}"):
+        modelpool.check_no_custom_code(custom)
+    modelpool.check_no_custom_code(first)  # a plain checkpoint passes
+    tracking = tmp_path / "mlflow.db"
+    assert main(["run", str(tiny_config), "--set", f"models=[{first},{custom}]", "--set", f"tracking_uri=sqlite:///{tracking}"]) == 2
+    assert not tracking.exists(), "refused before any MLflow run was opened"
+
+
 def test_missing_model_is_named(tmp_path):
     with pytest.raises(modelpool.ModelNotFound, match="nowhere"):
         modelpool.resolve(str(tmp_path / "nowhere"))
