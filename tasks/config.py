@@ -116,6 +116,12 @@ class EvolverConfig(_Strict):
     # The pre-trained model the members were fine-tuned from. Needed by the merging methods that work on task
     # vectors (task_arithmetic, ties, dare); tensors it lacks (a fresh classification head) are averaged instead.
     base_model: str | None = Field(None, title="Base model", description="Pre-trained checkpoint; needed by task_arithmetic, ties, dare.")
+    # A pickle checkpoint (pytorch_model.bin) can run code when it is loaded, so it is refused unless this is on.
+    # Then it is read with torch.load(weights_only=True), which unpickles tensors and nothing else, and converted
+    # to safetensors once (cached by its sha256) before any other stage reads it.
+    allow_pickle: bool = Field(
+        False, title="Allow pickle checkpoints", description="Read pytorch_model.bin checkpoints with torch.load(weights_only=True); off: refuse them."
+    )
     data: DataConfig
     # plain: fitness of an individual is its own dev score, output is the best individual.
     # merge: fitness is the dev score of merge(population); output is merge(final population). Every published

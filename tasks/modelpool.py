@@ -60,6 +60,62 @@ def _from_object_storage(source: str) -> Path:
     return local[0].parent
 
 
+def _pickle_shards(folder: Path) -> list[Path]:
+    index = folder / "pytorch_model.bin.index.json"
+    if index.is_file():
+        return [folder / shard for shard in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    return [folder / "pytorch_model.bin"] if (folder / "pytorch_model.bin").is_file() else []
+
+
+def as_safetensors(folder: Path, allow_pickle: bool, cache_root: Path | None = None) -> Path:
+    """`folder` when it holds safetensors (or nothing this can read: `safetensors_files` names what is missing).
+    A pickle checkpoint is refused, or with `allow_pickle` read by torch.load(weights_only=True), which
+    unpickles tensors only, into a safetensors copy keyed by the pickles' sha256, written tensor by tensor."""
+    pickles = _pickle_shards(folder)
+    if (folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file() or not pickles:
+        return folder
+    if not allow_pickle:
+        raise ModelNotFound(
+            f"{folder}: a pickle checkpoint ({pickles[0].name}), which can run code when loaded; convert it to safetensors, "
+            "or set allow_pickle: true to read it with torch.load(weights_only=True)"
+        )
+    import hashlib
+    import shutil
+
+    from tasks.store import widest_first, write_tensor_stream
+
+    digest = hashlib.sha256()
+    for shard in pickles:
+        with shard.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    out = Path(cache_root or "~/.cache/evolver/converted").expanduser() / digest.hexdigest()
+    if (out / "model.safetensors").is_file():
+        return out  # written last, then renamed into place: present means complete
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for file in folder.iterdir():
+        if file.is_file() and file not in pickles and file.name != "pytorch_model.bin.index.json":
+            shutil.copyfile(file, partial / file.name)
+    try:
+        # mmap: the shards' tensors are read as they are written, not held whole.
+        loaded = [torch.load(shard, map_location="cpu", weights_only=True, mmap=True) for shard in pickles]
+    except Exception as err:  # anything but plain tensors (or a damaged file): refused, nothing run
+        shutil.rmtree(partial)
+        raise ModelNotFound(f"{folder}: {pickles[0].name} cannot be read as tensors only (torch.load weights_only=True): {err}") from None
+    tensors = {name: tensor for part in loaded for name, tensor in (part.items() if isinstance(part, dict) else [("", part)])}
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        shutil.rmtree(partial)
+        raise ModelNotFound(f"{folder}: {pickles[0].name} is not a plain state dict of tensors")
+    specs = widest_first({name: (t.dtype, tuple(t.shape)) for name, t in tensors.items()})
+    with open(partial / "model.safetensors", "wb") as f:
+        write_tensor_stream(f, specs, ((name, tensors[name].contiguous()) for name in specs), metadata={"format": "pt"})
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    return out
+
+
 def safetensors_files(folder: Path) -> list[Path]:
     index = folder / "model.safetensors.index.json"
     if index.is_file():

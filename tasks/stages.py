@@ -100,6 +100,8 @@ def download_models(
     base = modelpool.resolve(cfg.base_model) if cfg.base_model is not None else None
     for folder in [*folders, *([base] if base else [])]:
         modelpool.check_no_custom_code(folder)
+    folders = [modelpool.as_safetensors(folder, cfg.allow_pickle) for folder in folders]
+    base = modelpool.as_safetensors(base, cfg.allow_pickle) if base else None
     modelpool.check_compatible(folders)
     names = modelpool.mergeable_names(folders[0], cfg.exclude)
     for folder in folders:

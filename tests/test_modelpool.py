@@ -59,6 +59,50 @@ def test_checkpoints_with_their_own_code_are_refused_before_compute(tiny_populat
     assert not tracking.exists(), "refused before any MLflow run was opened"
 
 
+def _pickled(member, folder):
+    shutil.copytree(member, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def test_pickle_checkpoints_need_allow_pickle_and_then_fuse_as_their_safetensors_would(tiny_population, tiny_config, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # the conversion cache
+    members = [str(m) for m in tiny_population["members"][:3]]
+    pickled = _pickled(members[1], tmp_path / "pickled")
+    with pytest.raises(modelpool.ModelNotFound, match="allow_pickle"):
+        modelpool.as_safetensors(pickled, allow_pickle=False)
+
+    def run(models, out, *extra):
+        argv = ["run", str(tiny_config), "--set", f"models=[{','.join(models)}]", "--set", "generations=1", "--output", str(out), *extra]
+        argv += ["--set", f"store={tmp_path / out.name / 'store'}", "--set", f"tracking_uri=sqlite:///{tmp_path / out.name / 'mlflow.db'}"]
+        return main(argv), out / "summary.json"
+
+    assert run([members[0], str(pickled), members[2]], tmp_path / "refused")[0] == 2
+    code, pickle_summary = run([members[0], str(pickled), members[2]], tmp_path / "pickle", "--set", "allow_pickle=true")
+    assert code == 0
+    code, plain_summary = run(members, tmp_path / "plain")
+    assert code == 0
+    assert json.loads(pickle_summary.read_text())["fused_model_sha256"] == json.loads(plain_summary.read_text())["fused_model_sha256"]
+
+
+def test_a_pickle_that_would_run_code_is_refused_even_when_allowed(tiny_population, tmp_path):
+    class RunsCode:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('ran')" % str(tmp_path / "ran"),))
+
+    folder = tmp_path / "evil"
+    shutil.copytree(tiny_population["members"][0], folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"classifier.weight": RunsCode()}, folder / "pytorch_model.bin")
+    with pytest.raises(modelpool.ModelNotFound, match="tensors only"):
+        modelpool.as_safetensors(folder, allow_pickle=True, cache_root=tmp_path / "cache")
+    assert not (tmp_path / "ran").exists()
+    assert not list((tmp_path / "cache").iterdir())
+
+
 def test_missing_model_is_named(tmp_path):
     with pytest.raises(modelpool.ModelNotFound, match="nowhere"):
         modelpool.resolve(str(tmp_path / "nowhere"))
