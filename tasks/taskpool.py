@@ -9,6 +9,7 @@ score is bit-identical for any number of shards.
 from __future__ import annotations
 
 import codecs
+import itertools
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,11 +73,12 @@ def _check_text_file(path: Path, source: str, header: bool) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, lines = 0, 0
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
+        for chunk in itertools.chain(iter(lambda: f.read(1 << 20), b""), [b""]):  # b"": the end, where a cut-off character shows
             try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as err:
-                raise DataError(f"{source}: not UTF-8 text (byte 0x{chunk[err.start]:02x} at offset {offset + err.start}); save it as UTF-8") from None
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:  # err.object: this chunk after what the decoder held back from the last
+                where = offset + len(chunk) - len(err.object) + err.start
+                raise DataError(f"{source}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {where}); save it as UTF-8") from None
             offset += len(chunk)
             lines += sum(1 for line in chunk.splitlines() if line.strip()) if lines < 2 else 0
     if lines <= int(header):
