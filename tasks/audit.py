@@ -51,7 +51,7 @@ def collect(run_id: str, tracking_uri: str) -> dict[str, Any]:
 
 def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
     """Download the fused model from MLflow, re-score it on the config's dev data, compare with the logged score."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool
@@ -62,7 +62,7 @@ def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(tracking_uri, report["run_id"], Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
+        model = modelpool.auto_class(cfg.data.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
     model.to(modelpool.pick_device(cfg.device)).eval()
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
     # The dev set exactly as init_population encoded it, so every example is scored in the same batch.
@@ -75,13 +75,15 @@ def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
         num_labels=model.config.num_labels,
         max_length=cfg.data.max_length,
         text_pair_column=cfg.data.text_pair_column,
+        task_type=cfg.data.task_type,
     )
     rows = range(len(data["labels"]))
     marks = taskpool.validation_rows(data["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)
-    fitness_rows, _ = taskpool.grouped_confusion(
+    task = taskpool.task(cfg.data.task_type, label2id)
+    fitness_rows, _ = task.score(
         model, data, rows, batch_size=cfg.data.batch_size, batch_tokens=cfg.data.batch_tokens, num_labels=model.config.num_labels, groups=marks.long(), n_groups=2
     )
-    scores = taskpool.metrics(fitness_rows)  # `dev_*` covers the rows fitness sees
+    scores = task.metrics(fitness_rows)  # `dev_*` covers the rows fitness sees
     logged = report["final"][f"dev_{cfg.metric}"]
     return {"metric": cfg.metric, "logged": logged, "recomputed": scores[cfg.metric], "match": scores[cfg.metric] == logged}
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tasks.merge.params import MergeParams
 from tasks.merge.registry import MERGER_NAMES, METHODS
+from tasks.taskpool.registry import METRIC_NAMES, TASK_TYPE_NAMES, TASK_TYPES
 
 # Airflow's default [core] max_map_length: the most evaluate tasks one round may map.
 MAX_EVALUATE_TASKS = 1024
@@ -68,6 +69,14 @@ class DataConfig(_Strict):
         None, title="Text pair column", description="The second text of a sentence-pair task (e.g. MRPC, RTE); null: single texts."
     )
     label_column: str = Field("label", title="Label column", description="Integer ids, or names found in the models' label2id.")
+    # What the members' heads do, and so how rows are labelled and scored (tasks/taskpool/):
+    # sequence_classification: a label per example (or pair), by confusion counts (accuracy, macro_f1, mcc);
+    # regression: a number per example, a one-output head (num_labels: 1), by pearson, spearman or mse;
+    # token_classification: a list of words and a list of IOB2 tags per row (or a CoNLL file), each tag on its
+    # word's first sub-token, by entity F1 with seqeval's strict rules.
+    task_type: Literal[TASK_TYPE_NAMES] = Field(  # type: ignore[valid-type]
+        TASK_TYPE_NAMES[0], title="Task type", description="sequence_classification | regression | token_classification"
+    )
     # 64 tokens covers the median tweet many times over; raise it for longer documents.
     max_length: int = Field(64, ge=8, le=4096, title="Max tokens")
     # Evaluation batch size. Shards are cut on batch boundaries, so scores do not depend on the shard count.
@@ -81,6 +90,12 @@ class DataConfig(_Strict):
         unknown = sorted(set(self.out_of_domain) - set(self.heldout))
         if unknown:
             raise ValueError(f"out_of_domain names {unknown} are not keys of heldout {sorted(self.heldout)}")
+        return self
+
+    @model_validator(mode="after")
+    def _words_come_alone(self) -> DataConfig:
+        if self.task_type == "token_classification" and self.text_pair_column is not None:
+            raise ValueError("text_pair_column: token classification tags the words of one text; pairs are for sequence tasks")
         return self
 
     @field_validator("validation")
@@ -159,8 +174,11 @@ class EvolverConfig(_Strict):
     )
     # Regexes of parameter names that are not evolved or merged (e.g. ".*classifier.*"); those keep the first model's values.
     exclude: list[str] = Field(default_factory=list, title="Exclude", description="Regexes of parameter names kept from the first model.")
-    # The fitness metric. Macro-F1 does not reward predicting the majority class of a skewed domain.
-    metric: Literal["accuracy", "macro_f1", "mcc"] = Field("macro_f1", title="Fitness metric")
+    # The fitness metric; it must fit data.task_type, and left out it is the task type's first: macro_f1 (it does
+    # not reward predicting the majority class of a skewed domain), pearson, or entity_f1. mse is minimised.
+    metric: Literal[METRIC_NAMES] = Field(  # type: ignore[valid-type]
+        "macro_f1", title="Fitness metric", description="classification: macro_f1, accuracy, mcc; regression: pearson, spearman, mse; tokens: entity_f1, ..."
+    )
     # How the dev sources make one fitness: pooled (one metric over every dev row: the paper's), mean_domain (the
     # mean of each source's metric: every domain weighs the same, whatever its size) or worst_domain (the lowest:
     # an offspring may not buy one domain with another). Validation scores are aggregated the same way.
@@ -198,6 +216,23 @@ class EvolverConfig(_Strict):
     dtype: Literal["checkpoint", "float32", "bfloat16", "float16"] = Field(
         "checkpoint", title="Evaluation dtype", description="checkpoint (the members' own), float32, bfloat16 or float16."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _metric_of_the_task_type(cls, raw: Any) -> Any:
+        # Left out, the metric is the task type's own first one (macro_f1 would not fit a regression).
+        if isinstance(raw, dict) and "metric" not in raw and isinstance(raw.get("data"), dict):
+            kind = TASK_TYPES.get(raw["data"].get("task_type", TASK_TYPE_NAMES[0]))
+            if kind is not None:
+                raw = {**raw, "metric": kind.metrics[0]}
+        return raw
+
+    @model_validator(mode="after")
+    def _metric_fits_the_task_type(self) -> EvolverConfig:
+        allowed = TASK_TYPES[self.data.task_type].metrics
+        if self.metric not in allowed:
+            raise ValueError(f"metric {self.metric} does not fit task_type {self.data.task_type}: use one of {', '.join(allowed)}")
+        return self
 
     @field_validator("exclude")
     @classmethod

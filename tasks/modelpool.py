@@ -213,13 +213,22 @@ def _architecture(folder: Path) -> tuple[str, tuple[str, ...], int]:
     return config.get("model_type", "?"), tuple(config.get("architectures") or ()), labels(folder)[1]
 
 
-def mergeable_names(folder: Path, exclude: Sequence[str]) -> list[str]:
+def auto_class(task_type: str):
+    """The transformers Auto class whose head scores `task_type` (AutoModelForSequenceClassification, ...)."""
+    import transformers
+
+    from tasks.taskpool.registry import get_task_type
+
+    return getattr(transformers, get_task_type(task_type).auto_class)
+
+
+def mergeable_names(folder: Path, exclude: Sequence[str], task_type: str = "sequence_classification") -> list[str]:
     """Stored named parameters (never buffers) that no exclude regex matches, in a fixed order."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = auto_class(task_type).from_config(config)
     parameters = {name for name, _ in model.named_parameters()}
     stored = tensor_specs(folder)
     patterns = [re.compile(p) for p in exclude]
@@ -274,6 +283,11 @@ def check_finite(folder: Path, names: Sequence[str]) -> None:
         raise IncompatibleCheckpoints(f"{folder}: non-finite (NaN or inf) values in {', '.join(bad[:10])}" + (" ..." if len(bad) > 10 else ""))
 
 
+def architectures(folder: Path) -> list[str]:
+    """The model classes config.json names (empty where it names none)."""
+    return list(json.loads((Path(folder) / "config.json").read_text()).get("architectures") or [])
+
+
 def labels(folder: Path) -> tuple[dict[str, int], int]:
     """The members' label2id and label count (from config.json, as transformers writes it)."""
     config = json.loads((folder / "config.json").read_text())
@@ -295,23 +309,26 @@ def load_dtype(dtype: str) -> torch.dtype | str:
 
 
 @lru_cache(maxsize=2)
-def template_model(folder: str, device: str, dtype: str = "checkpoint") -> torch.nn.Module:
+def template_model(folder: str, device: str, dtype: str = "checkpoint", task_type: str = "sequence_classification") -> torch.nn.Module:
     """The first member loaded once per process; candidates are copied into it tensor by tensor."""
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per task process is noise in Airflow's logs
-    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=load_dtype(dtype))
+    model = auto_class(task_type).from_pretrained(folder, dtype=load_dtype(dtype))
     return model.to(device).eval()
 
 
 def model_with(
-    folder: Path, tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], device: torch.device, dtype: str = "checkpoint"
+    folder: Path,
+    tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    device: torch.device,
+    dtype: str = "checkpoint",
+    task_type: str = "sequence_classification",
 ) -> torch.nn.Module:
     """The template model with `tensors` (a subset of its parameters) replaced, cast to the model's dtype.
     `tensors` may be a stream of (name, tensor) pairs: each is copied in and dropped, so the model is the only
     whole copy of the weights in memory."""
-    model = template_model(str(folder), str(device), dtype)
+    model = template_model(str(folder), str(device), dtype, task_type)
     state = model.state_dict()
     with torch.no_grad():
         for name, tensor in tensors.items() if isinstance(tensors, Mapping) else tensors:

@@ -28,6 +28,7 @@ from transformers.models.mpnet import modeling_mpnet  # noqa: F401
 from transformers.models.roberta import modeling_roberta  # noqa: F401
 
 from tasks import crossover, merge, stages, taskpool, tracking  # noqa: F401
+from tasks.taskpool import base, classification, data, regression, tokens  # noqa: F401  (taskpool resolves them lazily)
 
 if crossover.numba_available():
     # The offspring kernel, loaded from numba's on-disk cache (or compiled, the first time): make_offspring

@@ -16,7 +16,7 @@ Store layout of one run (keys relative to `<store>/<run key>/`):
   init.json                                  completion marker of init_population
   gen=<g>/ind=<i>/offspring.safetensors      offspring of individual i in generation g
   gen=<g>/round=<r>/candidates.json          what round r evaluates (members of each candidate)
-  gen=<g>/round=<r>/cand=<c>/shard=<s>.json  confusion counts of one (candidate, shard) work item
+  gen=<g>/round=<r>/cand=<c>/shard=<s>.json  the task type's statistics of one (candidate, shard) work item
   gen=<g>/round=<r>/state.json               population after round r
   gen=<g>/population.json                    population after generation g (generation 0: the initial one)
   final/model/*, final/summary.json          the fused model and the run summary
@@ -65,6 +65,13 @@ class Run:
         return len(self.cfg.models)
 
     @cached_property
+    def task(self):
+        """The run's task type (tasks/taskpool/), reading label names from the members'."""
+        from tasks import taskpool
+
+        return taskpool.task(self.cfg.data.task_type, self.record["label2id"])
+
+    @cached_property
     def template(self) -> Path:
         """A local folder with the first member's files, fetched from the store (cached and verified on S3)."""
         local = [self.store.local_path(f"template/{name}") for name in self.record["template"]]
@@ -94,7 +101,7 @@ def download_models(
     if existing is not None:
         return {"models": existing["models"], "mlflow_run_id": existing["mlflow_run_id"]}
 
-    from tasks import modelpool, tracking
+    from tasks import modelpool, taskpool, tracking
 
     folders = [modelpool.resolve(source) for source in cfg.models]
     base = modelpool.resolve(cfg.base_model) if cfg.base_model is not None else None
@@ -103,14 +110,15 @@ def download_models(
     folders = [modelpool.as_safetensors(folder, cfg.allow_pickle) for folder in folders]
     base = modelpool.as_safetensors(base, cfg.allow_pickle) if base else None
     modelpool.check_compatible(folders)
-    names = modelpool.mergeable_names(folders[0], cfg.exclude)
+    label2id, num_labels = modelpool.labels(folders[0])
+    taskpool.task(cfg.data.task_type, label2id).check_head(num_labels, modelpool.architectures(folders[0]), str(cfg.models[0]))
+    names = modelpool.mergeable_names(folders[0], cfg.exclude, cfg.data.task_type)
     for folder in folders:
         modelpool.check_finite(folder, names)
     based = {}
     if base is not None:
         based = modelpool.base_names(base, folders[0], names)
         modelpool.check_finite(base, list(based.values()))
-    label2id, num_labels = modelpool.labels(folders[0])
     _copy_checkpoints(run, folders, names, base, based)
     mlflow_run_id = tracking.start_run(cfg, run.key, tags)
     record = {
@@ -119,6 +127,7 @@ def download_models(
         "base_model": str(base) if base else None,
         "base_names": based,
         "template": sorted(f.name for f in folders[0].iterdir() if f.is_file() and not f.name.startswith(".")),
+        "task_type": cfg.data.task_type,
         "label2id": label2id,
         "num_labels": num_labels,
         "mlflow_run_id": mlflow_run_id,
@@ -187,6 +196,7 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
             num_labels=record["num_labels"],
             max_length=cfg.data.max_length,
             text_pair_column=cfg.data.text_pair_column,
+            task_type=cfg.data.task_type,
         )
         if name == "dev":
             batches = len(taskpool.batch_bounds(encoded["lengths"], cfg.data.batch_size, cfg.data.batch_tokens)) - 1
@@ -215,7 +225,8 @@ def _log_datasets(run: Run, sets: dict[str, Any]) -> None:
     tables = {}
     for name, source in sets.items():
         description = source if isinstance(source, str) else " + ".join(source)
-        tables[name] = (description, taskpool.table(source, cfg.data.text_column, cfg.data.label_column, cfg.data.text_pair_column))
+        words = taskpool.get_task_type(cfg.data.task_type).words
+        tables[name] = (description, taskpool.table(source, cfg.data.text_column, cfg.data.label_column, cfg.data.text_pair_column, words=words))
     tracking.log_datasets(cfg, run.record["mlflow_run_id"], tables)
 
 
@@ -242,16 +253,22 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
     from tasks.merge import get_method, statistics
 
     cfg = run.cfg
-    compute = statistics.fisher_diagonals if get_method(cfg.merger).statistic == "fisher" else statistics.input_grams
+    fisher = get_method(cfg.merger).statistic == "fisher"
+    compute = partial(statistics.fisher_diagonals, loss=run.task.fisher_loss) if fisher else statistics.input_grams
     data = _fitness_rows(run.store.get_tensors("data/dev.safetensors"))
     device = modelpool.pick_device(cfg.device)
     for key, member in zip(keys, members):
         if run.store.exists(key):
             continue
         # Statistics in float32 whatever the evaluation dtype: Fisher squares gradients, RegMean sums Gram matrices.
-        model = modelpool.model_with(run.template, _member_tensors(run, member), device, "float32")
+        model = modelpool.model_with(run.template, _member_tensors(run, member), device, "float32", cfg.data.task_type)
         stats = compute(
-            model, data, run.record["names"], batches=cfg.method_params.batches, batch_size=cfg.data.batch_size, seed=evolve.derive_seed(cfg.seed, "statistics")
+            model,
+            data,
+            run.record["names"],
+            batches=cfg.method_params.batches,
+            batch_size=cfg.data.batch_size,
+            seed=evolve.derive_seed(cfg.seed, "statistics"),
         )
         # Streamed out, each tensor dropped once written: for RegMean they can be several times the model.
         specs = widest_first({name: (t.dtype, tuple(t.shape)) for name, t in stats.items()})
@@ -494,21 +511,20 @@ def _scored_model(run: Run, members: list[str], generation: int):
     from tasks import modelpool
 
     device = modelpool.pick_device(run.cfg.device)
-    return modelpool.model_with(run.template, _candidate_tensors(run, members, generation, device), device, run.cfg.dtype)
+    return modelpool.model_with(run.template, _candidate_tensors(run, members, generation, device), device, run.cfg.dtype, run.cfg.data.task_type)
 
 
-def _confusion(run: Run, model, data_key: str, shard: int = 0, shards: int = 1) -> list[list[int]]:
-    from tasks import taskpool
-
+def _statistics(run: Run, model, data_key: str) -> Any:
+    """The task type's statistics of `model` on a whole stored set (held-out, gate)."""
     data = run.store.get_tensors(data_key)
     batching = {"batch_size": run.cfg.data.batch_size, "batch_tokens": run.cfg.data.batch_tokens}
-    rows = taskpool.shard_range(len(data["labels"]), shards=shards, shard=shard, lengths=data["lengths"], **batching)
-    return taskpool.confusion(model, data, rows, num_labels=run.record["num_labels"], **batching)
+    return run.task.score(model, data, range(len(data["labels"])), num_labels=run.record["num_labels"], **batching)[0]
 
 
 def _dev_counts(run: Run, model, shard: int = 0, shards: int = 1) -> dict[str, list]:
-    """Confusion counts of `model` on one dev shard, one matrix per dev source, apart for the rows fitness sees
-    and the rows that only validate. Summed over shards they are exact whatever the shard count."""
+    """The task type's statistics (confusion counts, entity counts, predictions) of `model` on one dev shard,
+    one per dev source, apart for the rows fitness sees and the rows that only validate. Added up over shards
+    they are exact whatever the shard count."""
     from tasks import taskpool
 
     data = run.store.get_tensors("data/dev.safetensors")
@@ -516,23 +532,20 @@ def _dev_counts(run: Run, model, shard: int = 0, shards: int = 1) -> dict[str, l
     batching = {"batch_size": run.cfg.data.batch_size, "batch_tokens": run.cfg.data.batch_tokens}
     rows = taskpool.shard_range(len(data["labels"]), shards=shards, shard=shard, lengths=data["lengths"], **batching)
     groups = data["source"].long() * 2 + data["validation"].long()
-    counts = taskpool.grouped_confusion(model, data, rows, num_labels=run.record["num_labels"], groups=groups, n_groups=2 * n_sources, **batching)
+    counts = run.task.score(model, data, rows, num_labels=run.record["num_labels"], groups=groups, n_groups=2 * n_sources, **batching)
     return {"fitness": counts[0::2], "validation": counts[1::2]}
 
 
-def _sum_counts(parts: list[dict[str, list]]) -> dict[str, list]:
-    import numpy as np
-
-    return {role: np.sum([np.asarray(p[role], dtype=np.int64) for p in parts], axis=0).tolist() for role in ("fitness", "validation")}
+def _sum_counts(run: Run, parts: list[dict[str, list]]) -> dict[str, list]:
+    """Shard statistics added up per role and source, in shard order."""
+    return {role: [run.task.add(per_source) for per_source in zip(*(p[role] for p in parts))] for role in ("fitness", "validation")}
 
 
 def _scores(run: Run, counts: dict[str, list]) -> tuple[float, float | None]:
     """Fitness (the configured aggregate over dev sources) and, with validation data, the validation score."""
-    from tasks import taskpool
-
     cfg = run.cfg
-    fitness = taskpool.aggregate_score(counts["fitness"], cfg.metric, cfg.fitness_aggregate)
-    validation = taskpool.aggregate_score(counts["validation"], cfg.metric, cfg.fitness_aggregate) if cfg.data.validation is not None else None
+    fitness = run.task.aggregate(counts["fitness"], cfg.metric, cfg.fitness_aggregate)
+    validation = run.task.aggregate(counts["validation"], cfg.metric, cfg.fitness_aggregate) if cfg.data.validation is not None else None
     return fitness, validation
 
 
@@ -567,7 +580,7 @@ def _fitness(run: Run, g: int, r: int, n_candidates: int) -> tuple[list[float], 
     scores, validations, evaluated_by = [], [], []
     for row in keys:
         shards = [run.store.get_json(k) for k in row]
-        fitness, validation = _scores(run, _sum_counts([s["counts"] for s in shards]))
+        fitness, validation = _scores(run, _sum_counts(run, [s["counts"] for s in shards]))
         scores.append(fitness)
         validations.append(validation)
         contexts = [s.get("context", {}) for s in shards]
@@ -714,47 +727,37 @@ def weights_sha256(state_dict: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _as_arrays(matrices: list) -> list:
-    import numpy as np
-
-    return [np.asarray(m, dtype=np.int64) for m in matrices]
-
-
-def _pooled(by_source: list) -> dict[str, float]:
-    from tasks import taskpool
-
-    return taskpool.metrics(taskpool.add_confusions(by_source))
+def _pooled(run: Run, by_source: list) -> dict[str, float]:
+    return run.task.metrics(run.task.add(by_source))
 
 
 def _report(run: Run, model) -> dict[str, Any]:
     """Dev, validation, held-out (and gate) metrics of one model, plus the in-domain / out-of-domain means.
     `dev` covers the rows fitness sees (all dev rows without validation data), pooled; `dev_sources` each source."""
-    from tasks import taskpool
-
+    task = run.task
     counts = _dev_counts(run, model)
     sources = run.store.get_json("init.json")["dev_sources"]
-    report: dict[str, Any] = {"dev": _pooled(counts["fitness"])}
+    report: dict[str, Any] = {"dev": _pooled(run, counts["fitness"])}
     if len(sources) > 1:
-        report["dev_sources"] = {source: taskpool.metrics(m) for source, m in zip(sources, counts["fitness"]) if sum(map(sum, m))}
+        report["dev_sources"] = {source: task.metrics(m) for source, m in zip(sources, counts["fitness"]) if task.size(m)}
     if run.cfg.data.validation is not None:
-        report["validation"] = _pooled(counts["validation"])
+        report["validation"] = _pooled(run, counts["validation"])
         # Every dev row, fitness and validation alike (named validation sources included): comparable with the
         # `dev` of a run that selects on all of them.
-        dev_rows = [f + v for f, v in zip(_as_arrays(counts["fitness"]), _as_arrays(counts["validation"]))]
-        report["dev_all"] = _pooled([m.tolist() for m in dev_rows])
-    heldout = {name: taskpool.metrics(_confusion(run, model, f"data/heldout/{name}.safetensors")) for name in run.cfg.data.heldout}
+        report["dev_all"] = _pooled(run, [*counts["fitness"], *counts["validation"]])
+    heldout = {name: task.metrics(_statistics(run, model, f"data/heldout/{name}.safetensors")) for name in run.cfg.data.heldout}
     groups = {
         "in_domain": [n for n in heldout if n not in run.cfg.data.out_of_domain],
         "out_of_domain": [n for n in heldout if n in run.cfg.data.out_of_domain],
     }
     means = {
-        group: {m: statistics.fmean(heldout[n][m] for n in names) for m in ("accuracy", "macro_f1", "mcc")}
+        group: {m: statistics.fmean(heldout[n][m] for n in names) for m in task.type.metrics}
         for group, names in groups.items()
         if names
     }
     report.update(heldout=heldout, heldout_mean=means)
     if run.cfg.gate_sources:
-        report["gate"] = taskpool.metrics(_confusion(run, model, "data/gate.safetensors"))
+        report["gate"] = task.metrics(_statistics(run, model, "data/gate.safetensors"))
     return report
 
 
@@ -899,7 +902,6 @@ def gate_decision(rule: str, margins: dict[str, float]) -> tuple[bool, str]:
 
 
 def _champion_gate(run: Run, version: str, challenger: dict[str, float]) -> dict[str, Any]:
-    from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool, tracking
@@ -914,15 +916,20 @@ def _champion_gate(run: Run, version: str, challenger: dict[str, float]) -> dict
         return {"promoted": True, "champion_before": version, "decided_by": "earlier try", "reason": reason}
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(cfg.tracking_uri, current.run_id, Path(tmp))
-        model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
+        heads = modelpool.architectures(folder)
+        if heads != modelpool.architectures(run.template):
+            reason = f"champion version {current.version} is a {', '.join(heads) or 'model'} of another task type; it stays, compare by hand"
+            return {"promoted": False, "champion_before": str(current.version), "decided_by": "labels", "reason": reason}
+        model = modelpool.auto_class(cfg.data.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
     if model.config.num_labels != run.record["num_labels"] or {str(k): v for k, v in model.config.label2id.items()} != run.record["label2id"]:
         reason = f"champion version {current.version} has other labels ({model.config.label2id}); it stays, compare by hand"
         return {"promoted": False, "champion_before": str(current.version), "decided_by": "labels", "reason": reason}
     model.to(modelpool.pick_device(cfg.device)).eval()
-    champion = {"dev": _pooled(_dev_counts(run, model)["fitness"])[metric]}
+    champion = {"dev": _pooled(run, _dev_counts(run, model)["fitness"])[metric]}
     if "gate_data" in challenger:
-        champion["gate_data"] = taskpool.metrics(_confusion(run, model, "data/gate.safetensors"))[metric]
-    margins = {k: challenger[k] - champion[k] for k in champion}
+        champion["gate_data"] = run.task.metrics(_statistics(run, model, "data/gate.safetensors"))[metric]
+    # On the maximised scale: a lower mse is a positive margin.
+    margins = {k: taskpool.fitness_value(metric, challenger[k]) - taskpool.fitness_value(metric, champion[k]) for k in champion}
     promoted, decided_by = gate_decision(cfg.gate_rule, margins)
     verdict = "beats" if promoted else "does not beat"
     if cfg.gate_rule == "dev":

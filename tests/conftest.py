@@ -53,3 +53,13 @@ def tiny_config(tiny_population, tmp_path):
     path.write_text(yaml.safe_dump(conf))
     return path
 from tests.servers import mlflow_server, s3_bucket, s3_endpoint  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def tiny_regression(tmp_path_factory):
+    return tiny.build_regression(tmp_path_factory.mktemp("tiny-regression"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ner(tmp_path_factory):
+    return tiny.build_ner(tmp_path_factory.mktemp("tiny-ner"))

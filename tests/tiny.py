@@ -57,20 +57,17 @@ def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] =
     return path
 
 
+def bert_config(vocab_size: int, labels: tuple[str, ...] | None = None, **head) -> BertConfig:
+    """The tiny BERT (2 layers, hidden 32) with a head for these labels, or `head` settings (num_labels=1)."""
+    named = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}} if labels else {}
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, **named, **head
+    )
+
+
 def base_model(seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocabulary()),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=len(LABELS),
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
-    )
-    return BertForSequenceClassification(config)
+    return BertForSequenceClassification(bert_config(len(vocabulary()), LABELS))
 
 
 def finetune(model, rows: list[tuple[str, str]], *, steps: int, seed: int) -> None:
@@ -110,3 +107,142 @@ def build(root: Path, steps: int = 40) -> dict[str, Path | list[Path]]:
     ood_rows = [(f"the doctor said {w}", label) for label in LABELS for w in ("pills", "really", "today")]
     ood = write_csv(data / "ood_test.csv", ood_rows * 3)
     return {"base": base_dir, "members": members, "dev": dev, "test": test, "ood": ood}
+
+
+# -- regression: a sentiment score in [0, 5] per sentence, from a one-output head ----------------------------
+
+SCORES = {"negative": 0.5, "neutral": 2.5, "positive": 4.5}
+
+
+def scored_sentences(domain: str, n: int, seed: int) -> list[tuple[str, float]]:
+    """The domain's sentences with a noisy score for their label instead of the label."""
+    rng = random.Random(f"{domain}/{seed}/score")
+    return [(text, round(SCORES[label] + rng.uniform(-0.5, 0.5), 2)) for text, label in sentences(domain, n, seed)]
+
+
+def regression_model(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(bert_config(len(vocabulary()), num_labels=1, problem_type="regression"))
+
+
+def _train(model, batches, *, steps: int, seed: int) -> None:
+    """AdamW on the model's own loss over `batches(step)` (keyword arguments of the model)."""
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        model(**batches(step)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
+def _build_members(root: Path, tok, make_model, rows_of, encode_batch, steps: int) -> tuple[Path, list[Path]]:
+    """An untrained base, and a books and a food member trained on `rows_of(domain)`, saved under root/models."""
+    base_dir = root / "models" / "base"
+    make_model().save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+    members = []
+    for k, domain in enumerate(("books", "food")):
+        model, rows = make_model(), rows_of(domain)
+        _train(model, lambda step, rows=rows: encode_batch([rows[(step * 16 + j) % len(rows)] for j in range(16)]), steps=steps, seed=k)
+        folder = root / "models" / domain
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        members.append(folder)
+    return base_dir, members
+
+
+def build_regression(root: Path, steps: int = 40) -> dict[str, Path | list[Path]]:
+    """Base + a books and a food regression member under root/models, CSVs (text, score) under root/data."""
+    tok = tokenizer()
+
+    def encode_batch(batch):
+        return {**tok([t for t, _ in batch], padding=True, return_tensors="pt"), "labels": torch.tensor([s for _, s in batch])}
+
+    base_dir, members = _build_members(root, tok, regression_model, lambda d: scored_sentences(d, 200, seed=1), encode_batch, steps)
+    data = root / "data"
+    header = ("text", "score")
+    dev = [write_csv(data / f"{d}_dev.csv", scored_sentences(d, 40, seed=2), header) for d in ("books", "food")]
+    test = {d: write_csv(data / f"{d}_test.csv", scored_sentences(d, 40, seed=3), header) for d in ("books", "food", "travel")}
+    return {"base": base_dir, "members": members, "dev": dev, "test": test}
+
+
+# -- token classification: people and places in sentences, IOB2 tags -----------------------------------------
+
+TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+# Names and places per domain; "##s" lets a possessive ("annas") split into two sub-tokens, so that tags are
+# aligned to first sub-tokens for real.
+ENTITIES = {
+    "books": {"PER": [["anna"], ["anna", "karenina"], ["omar"]], "LOC": [["paris"], ["new", "york"]]},
+    "food": {"PER": [["omar"], ["chef", "omar"]], "LOC": [["lima"], ["paris"], ["new", "york"]]},
+    "travel": {"PER": [["anna"]], "LOC": [["lima"], ["rio"], ["new", "york"]]},
+}
+
+
+def ner_vocabulary() -> list[str]:
+    names = sorted({w for domain in ENTITIES.values() for spans in domain.values() for span in spans for w in span})
+    return vocabulary() + [w for w in names if w not in vocabulary()] + ["##s"]
+
+
+def ner_tokenizer() -> BertTokenizerFast:
+    return BertTokenizerFast(vocab={w: i for i, w in enumerate(ner_vocabulary())})
+
+
+def tagged_sentences(domain: str, n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """(words, tags) rows: filler words with one or two entities of the domain, some names possessive."""
+    rng = random.Random(f"{domain}/{seed}/ner")
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(FILLER) for _ in range(rng.randint(2, 6))]
+        tags = ["O"] * len(words)
+        for _ in range(rng.randint(1, 2)):
+            kind = rng.choice(sorted(ENTITIES[domain]))
+            span = list(rng.choice(ENTITIES[domain][kind]))
+            if rng.random() < 0.3:
+                span[-1] += "s"
+            at = rng.randint(0, len(words))
+            words[at:at] = span
+            tags[at:at] = [f"B-{kind}"] + [f"I-{kind}"] * (len(span) - 1)
+        rows.append((words, tags))
+    return rows
+
+
+def ner_model(seed: int = 0):
+    from transformers import BertForTokenClassification
+
+    torch.manual_seed(seed)
+    return BertForTokenClassification(bert_config(len(ner_vocabulary()), TAGS))
+
+
+def write_jsonl(path: Path, rows: list[tuple[list[str], list[str]]]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"tokens": words, "tags": tags}) + "\n" for words, tags in rows))
+    return path
+
+
+def write_conll(path: Path, rows: list[tuple[list[str], list[str]]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join("".join(f"{w}\t{t}\n" for w, t in zip(words, tags)) for words, tags in rows))
+    return path
+
+
+def build_ner(root: Path, steps: int = 40) -> dict[str, Path | list[Path]]:
+    """Base + a books and a food NER member under root/models; JSONL (tokens, tags) dev and test sets, and the
+    travel test set as a CoNLL file, under root/data."""
+    tok = ner_tokenizer()
+
+    def encode_batch(batch):
+        enc = tok([w for w, _ in batch], is_split_into_words=True, padding=True, return_tensors="pt")
+        first = [[w is not None and w != p for p, w in zip([None, *enc.word_ids(i)], enc.word_ids(i))] for i in range(len(batch))]
+        labels = [[TAGS.index(tags[w]) if f else -100 for f, w in zip(firsts, enc.word_ids(i))] for i, ((_, tags), firsts) in enumerate(zip(batch, first))]
+        return {**enc, "labels": torch.tensor(labels)}
+
+    base_dir, members = _build_members(root, tok, ner_model, lambda d: tagged_sentences(d, 200, seed=1), encode_batch, steps)
+    data = root / "data"
+    dev = [write_jsonl(data / f"{d}_dev.jsonl", tagged_sentences(d, 40, seed=2)) for d in ("books", "food")]
+    test = {d: write_jsonl(data / f"{d}_test.jsonl", tagged_sentences(d, 40, seed=3)) for d in ("books", "food")}
+    test["travel"] = write_conll(data / "travel_test.conll", tagged_sentences("travel", 40, seed=3))
+    return {"base": base_dir, "members": members, "dev": dev, "test": test}

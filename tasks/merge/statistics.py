@@ -2,6 +2,8 @@
 
 - Fisher diagonal ("hard" variant of the reference): per batch, the mean NLL of the model's own argmax
   prediction is back-propagated and grad**2 * rows accumulated; divided by the total rows. No labels needed.
+  The loss is the task type's (`Task.fisher_loss`): per token for token classification, the prediction itself
+  for regression (a Gaussian's Fisher information is the outer product of the output's gradient).
 - Gram matrices for RegMean: X^T X / rows of the inputs of every nn.Linear whose weight is covered, over
   real tokens only (padding positions would otherwise pull the solution towards the pad embedding).
 
@@ -12,11 +14,11 @@ requires_grad flags. Results are float32 on the CPU, keyed by parameter name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
-from tasks.taskpool import MODEL_INPUTS
+from tasks.taskpool import MODEL_INPUTS, task
 
 
 def _batches(
@@ -31,7 +33,12 @@ def _batches(
         yield {name: data[name][rows, :width].long().to(device) for name in MODEL_INPUTS if name in data}
 
 
-def fisher_diagonals(model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+def fisher_diagonals(
+    model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int, loss: Callable | None = None
+) -> dict[str, torch.Tensor]:
+    """`loss(logits, inputs)`: the task type's Fisher loss; None: sequence classification's."""
+    if loss is None:
+        loss = task("sequence_classification").fisher_loss
     params = dict(model.named_parameters())
     flags = {name: p.requires_grad for name, p in params.items()}
     covered = {name: params[name] for name in names if name in params}
@@ -44,9 +51,7 @@ def fisher_diagonals(model, data: dict[str, torch.Tensor], names: list[str], *, 
             p.grad = None
         with torch.enable_grad():
             for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
-                log_probs = model(**inputs).logits.float().log_softmax(-1)
-                predicted = log_probs.argmax(-1)
-                torch.nn.functional.nll_loss(log_probs, predicted).backward()
+                loss(model(**inputs).logits, inputs).backward()
                 rows = len(inputs["input_ids"])
                 for name, p in covered.items():
                     if p.grad is not None:  # a parameter the forward pass did not use (e.g. an unused pooler)

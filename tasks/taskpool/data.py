@@ -1,25 +1,25 @@
-"""The task pool: evaluation data, tokenised once per run, scored shard by shard into sufficient statistics.
+"""Evaluation data, whatever the task type: sources read, tokenised into padded tensors, cut into batches and
+shards, and the dev rows that only validate.
 
-A shard's result is a confusion matrix; metrics come from the summed matrix, never from averaging
-per-shard scores (macro-F1 and Matthews correlation are not means). Shards are cut on batch boundaries,
-so every example is always evaluated in the same batch with the same neighbours and padding: a model's
-score is bit-identical for any number of shards.
+Shards are runs of whole batches, and batch boundaries never depend on the shard count: every example is
+scored in the same batch, with the same neighbours and padding, however many shards there are.
 """
 
 from __future__ import annotations
 
 import codecs
 import itertools
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from tasks.config import InputError
+from tasks.taskpool.registry import get_task_type
 
 _FILE_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# One token and its tag a line, a blank line between sentences (CoNLL, WNUT): token classification only.
+_CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".bio", ".txt")
 
 
 # The encoded tensors a model reads; token_type_ids only where `encode` wrote them (pairs).
@@ -30,18 +30,26 @@ class DataError(InputError):
     """A data source that cannot be read or labelled; raised before any model runs."""
 
 
-def read_source(source: str, text_column: str, label_column: str, text_pair_column: str | None = None) -> tuple[list[str], list[str] | None, list]:
+def read_source(
+    source: str, text_column: str, label_column: str, text_pair_column: str | None = None, words: bool = False
+) -> tuple[list, list[str] | None, list]:
     """Texts, their second texts (None without a pair column) and raw labels from a file, a `save_to_disk`
-    folder or a hub dataset (`name` or `name:split`)."""
+    folder or a hub dataset (`name` or `name:split`). With `words` (token classification) a text is a list of
+    words and its label a list of tags, one per word; CoNLL-style files give them without column names."""
     import datasets
 
     datasets.disable_progress_bars()
     path = Path(source).expanduser()
     try:
+        if path.is_file() and path.suffix.lower() in _CONLL_SUFFIXES:
+            if not words:
+                raise DataError(f"{source}: a {path.suffix} file is read as CoNLL (a token and its tag a line), which only task_type: token_classification takes")
+            sentences, tags = read_conll(path, source)
+            return sentences, None, tags
         if path.is_file():
             fmt = _FILE_FORMATS.get(path.suffix.lower())
             if fmt is None:
-                raise DataError(f"{source}: unknown file type {path.suffix!r}; use one of {sorted(_FILE_FORMATS)}")
+                raise DataError(f"{source}: unknown file type {path.suffix!r}; use one of {sorted(_FILE_FORMATS)}" + (f" or CoNLL {list(_CONLL_SUFFIXES)}" if words else ""))
             if fmt in ("csv", "json"):
                 _check_text_file(path, source, header=fmt == "csv")
             extra = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
@@ -64,7 +72,40 @@ def read_source(source: str, text_column: str, label_column: str, text_pair_colu
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; it has {table.column_names}")
     pairs = None if text_pair_column is None else [str(t) for t in table[text_pair_column]]
-    return [str(t) for t in table[text_column]], pairs, list(table[label_column])
+    if not words:
+        return [str(t) for t in table[text_column]], pairs, list(table[label_column])
+    texts, tags = list(table[text_column]), list(table[label_column])
+    for row, (text, tag) in enumerate(zip(texts, tags)):
+        if not isinstance(text, list) or not isinstance(tag, list):
+            raise DataError(f"{source}: row {row}: token classification needs a list of words in {text_column!r} and a list of tags in {label_column!r}")
+    return [[str(w) for w in text] for text in texts], pairs, tags
+
+
+def read_conll(path: Path, source: str | None = None) -> tuple[list[list[str]], list[list[str]]]:
+    """Sentences of a CoNLL-style file: a token and its tag a line (tab- or space-separated, the tag last), a
+    blank line between sentences; `-DOCSTART-` lines are skipped."""
+    source = source or str(path)
+    _check_text_file(path, source, header=False)
+    sentences, tags, words, labels = [], [], [], []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            fields = line.split()
+            if fields and fields[0] == "-DOCSTART-":
+                continue
+            if not fields:
+                if words:
+                    sentences.append(words)
+                    tags.append(labels)
+                words, labels = [], []
+                continue
+            if len(fields) < 2:
+                raise DataError(f"{source}: line {number}: expected a token and its tag, got {line.strip()!r}")
+            words.append(fields[0])
+            labels.append(fields[-1])
+    if words:
+        sentences.append(words)
+        tags.append(labels)
+    return sentences, tags
 
 
 def _check_text_file(path: Path, source: str, header: bool) -> None:
@@ -85,21 +126,6 @@ def _check_text_file(path: Path, source: str, header: bool) -> None:
         raise DataError(f"{source}: no rows")
 
 
-def encode_labels(raw: Sequence, label2id: dict[str, int], num_labels: int, source: str) -> torch.Tensor:
-    """Integer labels pass through (checked against the label count); names go through the models' label2id."""
-    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw):
-        ids = [int(v) for v in raw]
-    else:
-        unknown = sorted({str(v) for v in raw} - set(label2id))
-        if unknown:
-            raise DataError(f"{source}: labels {unknown[:10]} are not in the models' label2id {sorted(label2id)}")
-        ids = [label2id[str(v)] for v in raw]
-    out_of_range = sorted({i for i in ids if not 0 <= i < num_labels})
-    if out_of_range:
-        raise DataError(f"{source}: label ids {out_of_range[:10]} outside 0..{num_labels - 1}")
-    return torch.tensor(ids, dtype=torch.long)
-
-
 def encode(
     sources: str | Sequence[str],
     *,
@@ -110,23 +136,34 @@ def encode(
     num_labels: int,
     max_length: int,
     text_pair_column: str | None = None,
+    task_type: str = "sequence_classification",
 ) -> dict[str, torch.Tensor]:
     """Tokenise one evaluation set (sources concatenated) into padded tensors plus per-example lengths and the
     index of the source each example came from (what per-domain fitness and the validation split group by).
     With a pair column every example is a pair of texts, and `token_type_ids` mark the second one where the
-    tokenizer has segments."""
+    tokenizer has segments. Token classification labels every sub-token (`tokens.align`)."""
+    from tasks.taskpool.base import task
+
+    kind = task(task_type, label2id)
+    words = get_task_type(task_type).words
     sources = [sources] if isinstance(sources, str) else list(sources)
     texts, pairs, labels, origin = [], [], [], []
     for index, source in enumerate(sources):
-        source_texts, source_pairs, raw = read_source(source, text_column, label_column, text_pair_column)
+        source_texts, source_pairs, raw = read_source(source, text_column, label_column, text_pair_column, words=words)
         if not source_texts:
             raise DataError(f"{source}: no rows")
+        if words:
+            uneven = next((row for row, (t, tags) in enumerate(zip(source_texts, raw)) if len(t) != len(tags) or not t), None)
+            if uneven is not None:
+                raise DataError(f"{source}: row {uneven} has {len(source_texts[uneven])} words and {len(raw[uneven])} tags; it needs one tag per word, and a word")
         texts += source_texts
         if source_pairs is not None:
             pairs += source_pairs
-        labels.append(encode_labels(raw, label2id, num_labels, source))
+        labels.append(kind.encode_labels(raw, label2id=label2id, num_labels=num_labels, source=source))
         origin.append(torch.full((len(source_texts),), index, dtype=torch.int32))
-    if text_pair_column is None:
+    if words:
+        tokens = tokenizer(texts, is_split_into_words=True, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
+    elif text_pair_column is None:
         tokens = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
     else:
         # longest_first trims the longer text of a pair a token at a time: a long passage cannot crowd out its question.
@@ -137,10 +174,18 @@ def encode(
     # RoBERTa-like tokenizers give pairs none either: separators alone mark the second text.
     if text_pair_column is not None and "token_type_ids" in tokens:
         encoded["token_type_ids"] = tokens["token_type_ids"].to(torch.int8)
+    if words:
+        from tasks.taskpool.tokens import align
+
+        tags = [row for part in labels for row in part]
+        # Words cut off by max_length are scored neither as gold nor as predictions: size max_length to the data.
+        label_tensor = torch.tensor([align(tokens.word_ids(i), tags[i]) for i in range(len(tags))], dtype=torch.int32)
+    else:
+        label_tensor = torch.cat(labels)
     return {
         **encoded,
         "lengths": attention_mask.sum(1).to(torch.int32),
-        "labels": torch.cat(labels),
+        "labels": label_tensor,
         "source": torch.cat(origin),
     }
 
@@ -170,14 +215,16 @@ def validation_mask(source: torch.Tensor, fraction: float, seed: int) -> torch.T
     return mask
 
 
-def table(sources: str | Sequence[str], text_column: str, label_column: str, text_pair_column: str | None = None):
+def table(sources: str | Sequence[str], text_column: str, label_column: str, text_pair_column: str | None = None, words: bool = False):
     """The raw rows of an evaluation set as a pandas frame (what MLflow records as a run input, its digest
-    included: the pair column is part of the data's identity)."""
+    included: the pair column is part of the data's identity). Words and tags are joined by spaces."""
     import pandas as pd
 
     frames = []
     for source in [sources] if isinstance(sources, str) else sources:
-        texts, pairs, raw = read_source(source, text_column, label_column, text_pair_column)
+        texts, pairs, raw = read_source(source, text_column, label_column, text_pair_column, words=words)
+        if words:
+            texts, raw = [" ".join(t) for t in texts], [" ".join(map(str, tags)) for tags in raw]
         second = {} if pairs is None else {text_pair_column: pairs}
         frames.append(pd.DataFrame({text_column: texts, **second, label_column: raw, "source": source}))
     return pd.concat(frames, ignore_index=True)
@@ -212,94 +259,3 @@ def shard_range(n_examples: int, batch_size: int, shards: int, shard: int, lengt
     n_batches = len(bounds) - 1
     first, last = (n_batches * shard) // shards, (n_batches * (shard + 1)) // shards
     return range(bounds[first], bounds[last])
-
-
-def confusion(
-    model: torch.nn.Module, data: dict[str, torch.Tensor], rows: range, *, batch_size: int, num_labels: int, batch_tokens: int | None = None
-) -> list[list[int]]:
-    """Confusion-matrix counts (true label x predicted label) of `model` on the examples in `rows`."""
-    return grouped_confusion(model, data, rows, batch_size=batch_size, num_labels=num_labels, batch_tokens=batch_tokens)[0]
-
-
-@torch.inference_mode()
-def grouped_confusion(
-    model: torch.nn.Module,
-    data: dict[str, torch.Tensor],
-    rows: range,
-    *,
-    batch_size: int,
-    num_labels: int,
-    groups: torch.Tensor | None = None,
-    n_groups: int = 1,
-    batch_tokens: int | None = None,
-) -> list[list[list[int]]]:
-    """One confusion matrix per group (`groups[i]` in 0..n_groups-1 names example i's group; default: one group).
-    Every example is scored in the same batch whatever the grouping, so the groups add up to `confusion`.
-    The rows go to the model's device once and the counts stay there, so a GPU waits for the host only at the end."""
-    device = next(model.parameters()).device
-    cells = num_labels * num_labels
-    counts = torch.zeros(n_groups * cells, dtype=torch.long, device=device)
-    if len(rows) == 0:
-        return counts.view(n_groups, num_labels, num_labels).tolist()
-    bounds = batch_bounds(data["lengths"], batch_size, batch_tokens, rows.start, rows.stop)
-    part = slice(rows.start, rows.stop)
-    width = int(data["lengths"][part].max())
-    inputs = {name: data[name][part, :width].to(device, non_blocking=True).long() for name in MODEL_INPUTS if name in data}
-    group = groups[part].to(device).long() if groups is not None else torch.zeros(len(rows), dtype=torch.long, device=device)
-    cell = group * cells + data["labels"][part].to(device).long() * num_labels
-    widths = data["lengths"][part]
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        batch = slice(start - rows.start, stop - rows.start)
-        width = int(widths[batch].max())  # pad only to the longest example of this batch
-        logits = model(**{name: tensor[batch, :width] for name, tensor in inputs.items()}).logits
-        counts += torch.bincount(cell[batch] + logits.argmax(-1), minlength=n_groups * cells)
-    return counts.view(n_groups, num_labels, num_labels).tolist()
-
-
-def add_confusions(matrices: Sequence[Sequence[Sequence[int]]]) -> list[list[int]]:
-    return np.sum(np.asarray(matrices, dtype=np.int64), axis=0).tolist()
-
-
-AGGREGATES = ("pooled", "mean_domain", "worst_domain")
-
-
-def aggregate_score(by_source: Sequence[Sequence[Sequence[int]]], metric: str, aggregate: str) -> float:
-    """One score from per-source confusion counts: `pooled` is the metric of the summed counts (every example
-    weighs the same); `mean_domain` the mean of the per-source metrics; `worst_domain` their minimum. Sources
-    without examples (e.g. a named validation source, in the fitness counts) are left out."""
-    present = [m for m in by_source if np.asarray(m).sum() > 0]
-    if not present:
-        raise DataError("no examples were evaluated")
-    if aggregate == "pooled":
-        return metrics(add_confusions(present))[metric]
-    scores = [metrics(m)[metric] for m in present]
-    if aggregate == "mean_domain":
-        return float(np.mean(scores))
-    if aggregate == "worst_domain":
-        return float(min(scores))
-    raise ValueError(f"unknown fitness aggregate {aggregate!r}; use one of {AGGREGATES}")
-
-
-def metrics(matrix: Sequence[Sequence[int]]) -> dict[str, float]:
-    """Accuracy, macro-F1 and Matthews correlation (scikit-learn) from summed confusion counts."""
-
-    counts = np.asarray(matrix, dtype=np.int64)
-    k = counts.shape[0]
-    truth = np.repeat(np.repeat(np.arange(k), k), counts.ravel())
-    predicted = np.repeat(np.tile(np.arange(k), k), counts.ravel())
-    if truth.size == 0:
-        raise DataError("no examples were evaluated")
-    with warnings.catch_warnings():  # one domain's rows may hold a single label: the scores are still defined
-        warnings.simplefilter("ignore", UserWarning)
-        return _scores(truth, predicted)
-
-
-def _scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
-    return {
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro_f1": float(f1_score(truth, predicted, average="macro", zero_division=0)),
-        "mcc": float(matthews_corrcoef(truth, predicted)),
-        "n": int(truth.size),
-    }
