@@ -10,7 +10,7 @@ fresh process, so one step's allocations cannot hide another's:
 - `download`: `download_models`, which copies every member into the store;
 - `offspring`: `make_offspring`'s work for one individual (`_write_offspring`);
 - `statistics <kind>`: the Fisher diagonals or RegMean Gram matrices of every member (`init_population`);
-- `merge <method>`: a merged candidate of the whole population (`_scored_model`) scored on the dev data, as an
+- `merge <method>`: a merged candidate of the whole population (`_scored_models`) scored on the dev data, as an
   `evaluate` task does, for every merging method.
 A step's peak is the kernel's high-water mark of the process's resident set (VmHWM, reset once the imports
 are done) minus its resident set at that point (the baseline). Targets (issue 10):
@@ -178,8 +178,8 @@ def _step(step: str, conf: dict[str, Any], run_id: str, queue) -> None:
         stages._ensure_statistics(run, 0, run.store.get_json("init.json")["members"])
     elif step.startswith("merge"):
         run = stages.Run(conf, run_id)
-        model = stages._scored_model(run, run.store.get_json("init.json")["members"], 0)
-        stages._dev_counts(run, model)
+        models = stages._scored_models(run, run.store.get_json("init.json")["members"], 0)
+        stages._dev_counts(run, models)
     else:
         stages.init_population(conf, run_id)
     queue.put({"step": step, "baseline_gb": baseline / GB, "peak_gb": (_status("VmHWM") - baseline) / GB, "seconds": round(time.perf_counter() - started, 1)})

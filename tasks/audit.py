@@ -27,7 +27,7 @@ def collect(run_id: str, tracking_uri: str) -> dict[str, Any]:
     for key in GENERATION_METRICS:
         for metric in client.get_metric_history(run_id, key):
             by_step.setdefault(metric.step, {"generation": metric.step})[key] = metric.value
-    final = {k: v for k, v in sorted(run.data.metrics.items()) if k not in GENERATION_METRICS}
+    final = {k: v for k, v in sorted(run.data.metrics.items()) if k not in GENERATION_METRICS and not k.startswith(tracking.TASK_FITNESS_PREFIX)}
     # search results carry no aliases; fetching each version does.
     versions = [client.get_model_version(v.name, v.version) for v in client.search_model_versions(f"run_id = '{run_id}'")]
     return {
@@ -49,43 +49,52 @@ def collect(run_id: str, tracking_uri: str) -> dict[str, Any]:
     }
 
 
-def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, float]:
-    """Download the fused model from MLflow, re-score it on the config's dev data, compare with the logged score."""
+def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
+    """Download the fused model from MLflow, re-score it on the config's dev data, compare with the logged score.
+    A cross-task run's model of every task, each on its task's dev data: `tasks` holds each check, `match` all."""
+    from tasks.config import EvolverConfig
+
+    cfg = EvolverConfig.from_dict(report["config"])
+    if not cfg.cross_task:
+        return _verify_task(report, tracking_uri, cfg, cfg.task_list[0], "fused_model", "dev")
+    checks = {t.name: _verify_task(report, tracking_uri, cfg, t, f"fused_model/{t.name}", f"{t.name}_dev") for t in cfg.task_list}
+    return {"tasks": checks, "match": all(c["match"] for c in checks.values())}
+
+
+def _verify_task(report: dict[str, Any], tracking_uri: str, cfg, spec, artifact: str, logged_as: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool
-    from tasks.config import EvolverConfig
 
     hf_logging.disable_progress_bar()
-    cfg = EvolverConfig.from_dict(report["config"])
     with tempfile.TemporaryDirectory() as tmp:
-        folder = tracking.download_model(tracking_uri, report["run_id"], Path(tmp))
+        folder = tracking.download_model(tracking_uri, report["run_id"], Path(tmp), artifact)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = modelpool.auto_class(cfg.data.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
+        model = modelpool.auto_class(spec.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
     model.to(modelpool.pick_device(cfg.device)).eval()
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
     # The dev set exactly as init_population encoded it, so every example is scored in the same batch.
     data = taskpool.encode(
-        cfg.data.dev_sources + cfg.data.validation_sources,
+        spec.dev_sources + spec.validation_sources,
         tokenizer=tokenizer,
-        text_column=cfg.data.text_column,
-        label_column=cfg.data.label_column,
+        text_column=spec.text_column,
+        label_column=spec.label_column,
         label2id=label2id,
         num_labels=model.config.num_labels,
-        max_length=cfg.data.max_length,
-        text_pair_column=cfg.data.text_pair_column,
-        task_type=cfg.data.task_type,
+        max_length=spec.max_length,
+        text_pair_column=spec.text_pair_column,
+        task_type=spec.task_type,
     )
     rows = range(len(data["labels"]))
-    marks = taskpool.validation_rows(data["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)
-    task = taskpool.task(cfg.data.task_type, label2id)
+    marks = taskpool.validation_rows(data["source"], validation=spec.validation, dev_sources=len(spec.dev_sources), seed=cfg.seed)
+    task = taskpool.task(spec.task_type, label2id)
     fitness_rows, _ = task.score(
-        model, data, rows, batch_size=cfg.data.batch_size, batch_tokens=cfg.data.batch_tokens, num_labels=model.config.num_labels, groups=marks.long(), n_groups=2
+        model, data, rows, batch_size=spec.batch_size, batch_tokens=spec.batch_tokens, num_labels=model.config.num_labels, groups=marks.long(), n_groups=2
     )
     scores = task.metrics(fitness_rows)  # `dev_*` covers the rows fitness sees
-    logged = report["final"][f"dev_{cfg.metric}"]
-    return {"metric": cfg.metric, "logged": logged, "recomputed": scores[cfg.metric], "match": scores[cfg.metric] == logged}
+    logged = report["final"][f"{logged_as}_{spec.metric}"]
+    return {"metric": spec.metric, "logged": logged, "recomputed": scores[spec.metric], "match": scores[spec.metric] == logged}
 
 
 def render(report: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print) -> dict[str, Any
             result = stages.select(conf, run_id, generation, round_)
             if result["done"]:
                 log(
-                    f"[{time.perf_counter() - started:6.1f}s] generation {generation:2d}: best {cfg.metric} "
+                    f"[{time.perf_counter() - started:6.1f}s] generation {generation:2d}: best {'mean of tasks' if cfg.cross_task else cfg.metric} "
                     f"{result['best_fitness']:.4f}, mean {result['mean_fitness']:.4f}, accepted {result['accepted']}"
                 )
     summary = stages.finalize(conf, run_id)
@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         args.output.mkdir(parents=True, exist_ok=True)
         (args.output / "summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True))
     final = summary["final"]
-    print(json.dumps({"run_id": run_id, "dev": final["dev"], "heldout_mean": final["heldout_mean"], "fused_model_sha256": summary["fused_model_sha256"], "mlflow_run_id": summary["mlflow_run_id"]}, indent=1))
+    scores = {"dev": final["dev"], "heldout_mean": final["heldout_mean"]} if "tasks" not in final else {
+        "dev": final["dev"],
+        "tasks": {name: {"dev": report["dev"], "heldout": report["heldout"]} for name, report in final["tasks"].items()},
+    }
+    print(json.dumps({"run_id": run_id, **scores, "fused_model_sha256": summary["fused_model_sha256"], "mlflow_run_id": summary["mlflow_run_id"]}, indent=1))
     return 0
 
 
@@ -94,8 +98,10 @@ def _audit(args) -> int:
         return 2
     print(json.dumps(report, indent=1, sort_keys=True) if args.json else audit.render(report))
     if args.verify and not args.json:
-        check = report["verify"]
-        print(f"\nverify: dev {check['metric']} logged {check['logged']!r}, recomputed {check['recomputed']!r}: {'match' if check['match'] else 'MISMATCH'}")
+        checks = report["verify"].get("tasks", {"": report["verify"]})
+        for task, check in checks.items():
+            where = f" {task}" if task else ""
+            print(f"\nverify{where}: dev {check['metric']} logged {check['logged']!r}, recomputed {check['recomputed']!r}: {'match' if check['match'] else 'MISMATCH'}")
     return 0 if not args.verify or report["verify"]["match"] else 1
 
 

@@ -125,6 +125,28 @@ class DataConfig(_Strict):
         return list(self.validation) if isinstance(self.validation, list) else []
 
 
+_TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class TaskConfig(DataConfig):
+    """One task of a cross-task fusion: the data of one member's task, read like the `data` block, with its name
+    and metric. The member (same position in `models`) brings the head that scores it."""
+
+    # Names the task in reports, MLflow metrics, the fused model's folder and its registered model.
+    name: str = Field(..., pattern=_TASK_NAME, title="Task name", description="Letters, digits, _ . -; names the task's model and metrics.")
+    # Left out: the task type's first metric (macro_f1, pearson, entity_f1).
+    metric: Literal[METRIC_NAMES] | None = Field(None, title="Metric", description="Must fit task_type; null: the task type's first.")  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _metric_fits(self) -> TaskConfig:
+        allowed = TASK_TYPES[self.task_type].metrics
+        if self.metric is None:
+            self.metric = allowed[0]
+        elif self.metric not in allowed:
+            raise ValueError(f"task {self.name}: metric {self.metric} does not fit task_type {self.task_type}: use one of {', '.join(allowed)}")
+        return self
+
+
 class EvolverConfig(_Strict):
     # Fine-tuned checkpoints of one base model: local folders or hub ids. At least two: the mutation needs a reference.
     models: list[str] = Field(..., min_length=2, title="Models", description="Fine-tuned checkpoints (local folders or hub ids).")
@@ -137,7 +159,15 @@ class EvolverConfig(_Strict):
     allow_pickle: bool = Field(
         False, title="Allow pickle checkpoints", description="Read pytorch_model.bin checkpoints with torch.load(weights_only=True); off: refuse them."
     )
-    data: DataConfig
+    # Single-task fusion (members fine-tuned on domains of one task, one label space): the data block. Cross-task
+    # fusion (members fine-tuned on different tasks, each keeping its own head): `tasks`, one per member in the
+    # order of `models`. A config has one of the two, never both.
+    data: DataConfig | None = Field(None, title="Data (single task)", description="The one task's data; or use `tasks`, never both.")
+    # Cross-task: each member's head is kept, only the shared body is evolved and merged; fitness is the unweighted
+    # mean of the tasks' metrics, each task scored with its own member's head on its own dev data.
+    tasks: list[TaskConfig] | None = Field(
+        None, title="Tasks (cross-task fusion)", description="One per member, in the order of models: name, dev, heldout, columns, task_type, metric."
+    )
     # plain: fitness of an individual is its own dev score, output is the best individual.
     # merge: fitness is the dev score of merge(population); output is merge(final population). Every published
     # configuration of the paper uses merge mode.
@@ -228,7 +258,24 @@ class EvolverConfig(_Strict):
         return raw
 
     @model_validator(mode="after")
+    def _data_or_tasks(self) -> EvolverConfig:
+        if (self.data is None) == (self.tasks is None):
+            raise ValueError("give either `data` (single-task fusion) or `tasks` (cross-task fusion, one per model), not both" if self.data else "no data: give `data` (single-task fusion) or `tasks` (cross-task fusion, one per model)")
+        if self.tasks is not None:
+            if len(self.tasks) != len(self.models):
+                raise ValueError(f"tasks: {len(self.tasks)} tasks for {len(self.models)} models; cross-task fusion takes one task per model, in the order of models")
+            names = [t.name for t in self.tasks]
+            if len(set(names)) < len(names):
+                raise ValueError(f"tasks: names must differ, got {names}")
+            guarded = [t.validation is not None for t in self.tasks]
+            if any(guarded) and not all(guarded):
+                raise ValueError("tasks: validation data in some tasks only; give every task validation data, or none")
+        return self
+
+    @model_validator(mode="after")
     def _metric_fits_the_task_type(self) -> EvolverConfig:
+        if self.data is None:
+            return self
         allowed = TASK_TYPES[self.data.task_type].metrics
         if self.metric not in allowed:
             raise ValueError(f"metric {self.metric} does not fit task_type {self.data.task_type}: use one of {', '.join(allowed)}")
@@ -254,12 +301,14 @@ class EvolverConfig(_Strict):
 
     @model_validator(mode="after")
     def _guards_have_their_data(self) -> EvolverConfig:
-        if self.validation_tolerance is not None and self.data.validation is None:
+        if self.validation_tolerance is not None and self.task_list[0].validation is None:
             raise ValueError("validation_tolerance needs validation data (data.validation: a fraction or sources)")
         if self.gate_rule != "dev" and self.gate_data is None:
             raise ValueError(f"gate_rule {self.gate_rule} needs gate_data (the sources the gate scores both models on)")
         if self.gate_data is not None:
             gate = [self.gate_data] if isinstance(self.gate_data, str) else list(self.gate_data)
+            if self.tasks is not None:
+                raise ValueError("gate_data: a cross-task champion gate compares the tasks' mean dev score; gate_data is single-task only")
             shared = sorted(set(gate) & set(self.data.dev_sources + self.data.validation_sources))
             if shared:
                 raise ValueError(f"gate_data {shared} is also dev or validation data: the gate must see what selection never did")
@@ -279,6 +328,17 @@ class EvolverConfig(_Strict):
                 f"pack them with evaluate_tasks"
             )
         return self
+
+    @property
+    def cross_task(self) -> bool:
+        return self.tasks is not None
+
+    @property
+    def task_list(self) -> list[TaskConfig]:
+        """The tasks fitness averages over: `tasks`, or the single task of the data block (named `data`)."""
+        if self.tasks is not None:
+            return list(self.tasks)
+        return [TaskConfig(name="data", metric=self.metric, **self.data.model_dump())]
 
     @property
     def gate_sources(self) -> list[str]:
@@ -402,9 +462,19 @@ def param_schemas() -> dict[str, dict[str, Any]]:
             return [inline(v) for v in node]
         return node
 
+    def optional_block(node: dict) -> dict:
+        # `data` and `tasks` are each optional (one or the other): a nullable object or array with its
+        # properties at the top, which the Airflow form renders as the block itself rather than a choice.
+        kinds = node.get("anyOf", [])
+        blocks = [k for k in kinds if k.get("type") in ("object", "array")]
+        if len(kinds) == 2 and len(blocks) == 1 and {"type": "null"} in kinds:
+            rest = {k: v for k, v in node.items() if k != "anyOf"}
+            return {**blocks[0], **rest, "type": [blocks[0]["type"], "null"]}
+        return node
+
     params = {}
     for name, prop in schema["properties"].items():
-        params[name] = inline(prop)
+        params[name] = optional_block(inline(prop))
         field = EvolverConfig.model_fields[name]
         if not field.is_required():
             default = field.get_default(call_default_factory=True)

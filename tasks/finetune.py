@@ -1,4 +1,8 @@
-"""Fine-tune one sequence classifier from a CSV file: the members of a demo or benchmark population.
+"""Fine-tune one member from a training file: the members of a demo or benchmark population.
+
+A sequence classifier or a regressor from a CSV file (columns text, label, and a pair column for sentence-pair
+tasks), or a token classifier from a JSONL file (`{"tokens": [...], "tags": [...]}` a line), with each word's tag
+on its first sub-token as the task pool scores it.
 
 A plain torch loop (AdamW, linear warm-up then decay) rather than `Trainer`: it is short, has no extra
 dependencies (accelerate) and its every random draw comes from `seed`.
@@ -20,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup, set_seed
+from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
 RECORD = "finetune.json"
 _LOG_EVERY = 10
@@ -34,19 +38,49 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _read_rows(train_csv: Path, label2id: dict[str, int], pair_column: str | None = None) -> tuple[list[str], list[str] | None, list[int]]:
+def _read_rows(
+    train_csv: Path, label2id: dict[str, int], pair_column: str | None = None, task_type: str = "sequence_classification"
+) -> tuple[list, list[str] | None, list]:
+    """Texts (word lists for token classification), second texts, and targets: label ids, numbers (regression)
+    or tag id lists."""
+    if task_type == "token_classification":
+        rows = [json.loads(line) for line in train_csv.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not rows:
+            raise ValueError(f"{train_csv}: no rows")
+        unknown = sorted({t for row in rows for t in row["tags"]} - set(label2id))
+        if unknown:
+            raise ValueError(f"{train_csv}: tags {unknown[:10]} are not among {sorted(label2id)}")
+        return [row["tokens"] for row in rows], None, [[label2id[t] for t in row["tags"]] for row in rows]
     # dtype=str and no NA parsing: a text such as "NA" stays text, and label names stay names.
     table = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
     missing = {"text", "label", *([pair_column] if pair_column else [])} - set(table.columns)
     if missing:
         raise ValueError(f"{train_csv}: missing column(s) {sorted(missing)}; it has {list(table.columns)}")
-    unknown = sorted(set(table["label"]) - set(label2id))
-    if unknown:
-        raise ValueError(f"{train_csv}: labels {unknown[:10]} are not among {sorted(label2id)}")
     if table.empty:
         raise ValueError(f"{train_csv}: no rows")
     pairs = table[pair_column].tolist() if pair_column else None
+    if task_type == "regression":
+        return table["text"].tolist(), pairs, [float(v) for v in table["label"]]
+    unknown = sorted(set(table["label"]) - set(label2id))
+    if unknown:
+        raise ValueError(f"{train_csv}: labels {unknown[:10]} are not among {sorted(label2id)}")
     return table["text"].tolist(), pairs, [label2id[label] for label in table["label"]]
+
+
+def _batch(tokenizer, texts: list, pairs: list[str] | None, targets: list, rows: list[int], max_length: int, task_type: str) -> dict:
+    """One training batch, tokenised as `taskpool.encode` tokenises evaluation rows."""
+    if task_type == "token_classification":
+        from tasks.taskpool.tokens import align
+
+        enc = tokenizer([texts[i] for i in rows], is_split_into_words=True, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        labels = [align(enc.word_ids(k), targets[i]) for k, i in enumerate(rows)]
+        return {**enc, "labels": torch.tensor(labels)}
+    if pairs is None:
+        # Padding per batch to its longest text, not to max_length: most tweets are far shorter.
+        enc = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    else:  # as taskpool.encode tokenises pairs: a long second text cannot crowd out the first
+        enc = tokenizer([texts[i] for i in rows], [pairs[i] for i in rows], padding=True, truncation="longest_first", max_length=max_length, return_tensors="pt")
+    return {**enc, "labels": torch.tensor([targets[i] for i in rows])}
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -89,10 +123,12 @@ def finetune(
     seed: int = 0,
     device: str = "auto",
     text_pair_column: str | None = None,
+    task_type: str = "sequence_classification",
     log: Callable[[str], object] = print,
 ) -> Path:
     """Fine-tune base_model on train_csv (columns text, label, and the second text of a sentence-pair task in
-    `text_pair_column`, encoded as the task pool encodes pairs) and save it with its tokenizer to out_dir.
+    `text_pair_column`, encoded as the task pool encodes pairs; for token classification a JSONL file of tokens
+    and tags) and save it with its tokenizer to out_dir. `labels`: the label or tag names (none for regression).
 
     Returns out_dir. If out_dir already holds a checkpoint made with the same arguments from a training file
     with the same content, nothing is trained. `device` is not part of that identity: it changes speed, not
@@ -113,19 +149,22 @@ def finetune(
     }
     if text_pair_column is not None:  # only then: single-text checkpoints made before it stay up to date
         args["text_pair_column"] = text_pair_column
+    if task_type != "sequence_classification":  # likewise
+        args["task_type"] = task_type
     record_path = out_dir / RECORD
     if record_path.is_file() and json.loads(record_path.read_text()).get("args") == args:
         log(f"{out_dir}: up to date, not fine-tuning again")
         return out_dir
 
     label2id = {label: i for i, label in enumerate(labels)}
-    texts, pairs, targets = _read_rows(train_csv, label2id, text_pair_column)
+    texts, pairs, targets = _read_rows(train_csv, label2id, text_pair_column, task_type)
     dev = _resolve_device(device)
     set_seed(seed)  # python, numpy and torch (CPU and CUDA): the new classifier head and dropout draw from it
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base_model, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label2id
-    ).to(dev)
+    from tasks.modelpool import auto_class
+
+    head = {"num_labels": 1, "problem_type": "regression"} if task_type == "regression" else {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
+    model = auto_class(task_type).from_pretrained(base_model, **head).to(dev)
     optimizer = _optimizer(model, lr, weight_decay)
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = steps_per_epoch * epochs
@@ -141,22 +180,8 @@ def finetune(
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(texts), generator=order_rng).tolist()
         for begin in range(0, len(order), batch_size):
-            batch = order[begin : begin + batch_size]
-            # Padding per batch to its longest text, not to max_length: most tweets are far shorter.
-            if pairs is None:
-                enc = tokenizer(
-                    [texts[i] for i in batch], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-                ).to(dev)
-            else:  # as taskpool.encode tokenises pairs: a long second text cannot crowd out the first
-                enc = tokenizer(
-                    [texts[i] for i in batch],
-                    [pairs[i] for i in batch],
-                    padding=True,
-                    truncation="longest_first",
-                    max_length=max_length,
-                    return_tensors="pt",
-                ).to(dev)
-            loss = model(**enc, labels=torch.tensor([targets[i] for i in batch], device=dev)).loss
+            batch = _batch(tokenizer, texts, pairs, targets, order[begin : begin + batch_size], max_length, task_type)
+            loss = model(**{name: tensor.to(dev) for name, tensor in batch.items()}).loss
             loss.backward()
             optimizer.step()
             scheduler.step()

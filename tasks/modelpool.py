@@ -165,18 +165,24 @@ def check_no_custom_code(folder: Path) -> None:
         )
 
 
-def check_compatible(folders: Sequence[Path]) -> None:
-    """Same architecture, parameter names, shapes and dtypes; raises with every difference listed."""
-    problems = []
-    reference = folders[0]
-    ref_arch = _architecture(reference)
-    ref_specs = tensor_specs(reference)
+def _vocabulary_problems(folders: Sequence[Path]) -> list[str]:
+    reference, problems = folders[0], []
     ref_vocabulary = _vocabulary(reference)
     for folder in folders[1:]:
         vocabulary = _vocabulary(folder)
         if None not in (vocabulary, ref_vocabulary) and vocabulary != ref_vocabulary:
             moved = sum(ref_vocabulary.get(token) != i for token, i in vocabulary.items())
             problems.append(f"{folder}: its tokenizer gives {moved} tokens other ids than {reference}'s: the same embedding rows would mean other words")
+    return problems
+
+
+def check_compatible(folders: Sequence[Path]) -> None:
+    """Same architecture, parameter names, shapes and dtypes; raises with every difference listed."""
+    problems = _vocabulary_problems(folders)
+    reference = folders[0]
+    ref_arch = _architecture(reference)
+    ref_specs = tensor_specs(reference)
+    for folder in folders[1:]:
         arch = _architecture(folder)
         if arch != ref_arch:
             problems.append(f"{folder}: architecture {arch} differs from {reference}: {ref_arch}")
@@ -193,6 +199,50 @@ def check_compatible(folders: Sequence[Path]) -> None:
         raise IncompatibleCheckpoints(
             f"{len(problems)} incompatibilities between the checkpoints:\n  " + "\n  ".join(problems)
         )
+
+
+# What a config.json says about the body: members of different tasks must agree on these (their heads may differ).
+_BODY_CONFIG = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size", "d_model", "num_layers", "n_layer", "n_embd")
+
+
+def shared_body(folders: Sequence[Path], task_types: Sequence[str], exclude: Sequence[str], tasks: Sequence[str] | None = None) -> list[str]:
+    """Cross-task fusion: the names of the body parameters every member has, evolved and merged; raises with
+    every difference listed where the bodies disagree (config, tokenizer, shapes, dtypes).
+
+    A member's body is what its model class keeps under `base_model_prefix` (`bert.`, `roberta.`, ...); the head
+    is the rest (`classifier.*`) and stays the member's own. A body tensor only some members have stays theirs
+    too: BERT's pooler feeds sequence heads, and token classification models have none. `tasks` name the
+    members in messages.
+    """
+    from transformers import AutoConfig
+
+    patterns = [re.compile(p) for p in exclude]
+    problems = _vocabulary_problems(folders)
+    bodies = []
+    for folder, task_type in zip(folders, task_types):
+        with torch.device("meta"):
+            model = auto_class(task_type).from_config(AutoConfig.from_pretrained(folder))
+        prefix, stored = model.base_model_prefix + ".", tensor_specs(folder)
+        parameters = (n for n, _ in model.named_parameters() if n.startswith(prefix) and n in stored and not any(p.search(n) for p in patterns))
+        bodies.append({n: stored[n] for n in parameters})
+    named = [f"task {task} ({folder})" for task, folder in zip(tasks, folders)] if tasks else [str(f) for f in folders]
+    reference = json.loads((folders[0] / "config.json").read_text())
+    for folder, who in zip(folders[1:], named[1:]):
+        config = json.loads((folder / "config.json").read_text())
+        differ = [f"{k} {config.get(k)} (vs {reference.get(k)})" for k in _BODY_CONFIG if config.get(k) != reference.get(k)]
+        if differ:
+            problems.append(f"{who}: its body differs from {named[0]}'s: {', '.join(differ)}")
+    shared = sorted(set.intersection(*(set(b) for b in bodies)))
+    for who, body in zip(named[1:], bodies[1:]):
+        for name in shared:
+            if body[name] != bodies[0][name]:
+                (dtype, shape), (ref_dtype, ref_shape) = body[name], bodies[0][name]
+                problems.append(f"{who}: {name} is {dtype}{list(shape)}, {named[0]} has {ref_dtype}{list(ref_shape)}")
+    if problems:
+        raise IncompatibleCheckpoints(f"{len(problems)} incompatibilities between the members' bodies:\n  " + "\n  ".join(problems))
+    if not shared:
+        raise IncompatibleCheckpoints(f"the members share no body parameter to fuse (exclude={list(exclude)})")
+    return shared
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
@@ -308,7 +358,8 @@ def load_dtype(dtype: str) -> torch.dtype | str:
     return "auto" if dtype == "checkpoint" else getattr(torch, dtype)
 
 
-@lru_cache(maxsize=2)
+# One template per task of a cross-task run (each member brings its head), plus the float32 one statistics use.
+@lru_cache(maxsize=8)
 def template_model(folder: str, device: str, dtype: str = "checkpoint", task_type: str = "sequence_classification") -> torch.nn.Module:
     """The first member loaded once per process; candidates are copied into it tensor by tensor."""
     from transformers.utils import logging as hf_logging

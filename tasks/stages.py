@@ -5,10 +5,11 @@ them as Airflow tasks. State lives in the run's store under deterministic keys; 
 outputs complete returns them, and one that is retried rewrites identical bytes.
 
 Store layout of one run (keys relative to `<store>/<run key>/`):
-  run.json                                   resolved models, evolvable tensor names, labels, MLflow run id
+  run.json                                   resolved models, evolvable tensor names, tasks and their labels, MLflow run id
   template/*                                 the first member's files (config, tokenizer, weights): every
                                              worker builds models from here, so workers share only the store
-  data/dev.safetensors, data/heldout/<name>.safetensors    tokenised once
+                                             (cross-task: template/<task>/*, each member's, its head included)
+  data/dev.safetensors, data/heldout/<name>.safetensors    tokenised once (cross-task: data/<task>/...)
   members/init/ind=<i>.safetensors           the fine-tuned members' evolvable tensors
   base.safetensors                           the pre-trained tensors, for task-vector merges
   stats/init/ind=<i>.safetensors             Fisher diagonals or Gram matrices of member i (statistic merges);
@@ -19,7 +20,7 @@ Store layout of one run (keys relative to `<store>/<run key>/`):
   gen=<g>/round=<r>/cand=<c>/shard=<s>.json  the task type's statistics of one (candidate, shard) work item
   gen=<g>/round=<r>/state.json               population after round r
   gen=<g>/population.json                    population after generation g (generation 0: the initial one)
-  final/model/*, final/summary.json          the fused model and the run summary
+  final/model/*, final/summary.json          the fused model (cross-task: final/model/<task>/*) and the run summary
   final/promotion.json                       the champion gate's decision (the run's last marker)
 
 `context` arguments carry the orchestrator's identity of the calling task (Airflow DAG id, run id, task id,
@@ -33,6 +34,7 @@ import math
 import statistics
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,7 @@ class Run:
         self.cfg = conf if isinstance(conf, EvolverConfig) else EvolverConfig.from_dict(conf)
         self.key = run_key(run_id)
         self.store: Store = open_store(self.cfg.store).scoped(self.key)
+        self._templates: dict[int, Path] = {}
 
     @cached_property
     def record(self) -> dict[str, Any]:
@@ -65,17 +68,51 @@ class Run:
         return len(self.cfg.models)
 
     @cached_property
-    def task(self):
-        """The run's task type (tasks/taskpool/), reading label names from the members'."""
+    def tasks(self) -> list[RunTask]:
+        """What fitness averages over: the one task of a single-task run, or each member's task (cross-task)."""
         from tasks import taskpool
 
-        return taskpool.task(self.cfg.data.task_type, self.record["label2id"])
+        tasks = []
+        for index, (spec, record) in enumerate(zip(self.cfg.task_list, self.record["tasks"])):
+            impl = taskpool.task(spec.task_type, record["label2id"])
+            tasks.append(RunTask(index, spec, impl, record["label2id"], record["num_labels"], record["data"], record["template"], record["files"]))
+        return tasks
 
-    @cached_property
-    def template(self) -> Path:
-        """A local folder with the first member's files, fetched from the store (cached and verified on S3)."""
-        local = [self.store.local_path(f"template/{name}") for name in self.record["template"]]
-        return local[0].parent
+    def template(self, task: RunTask | None = None) -> Path:
+        """A local folder with the files of the member whose head scores `task` (default: the first), fetched
+        from the store (cached and verified on S3) once per Run."""
+        task = task or self.tasks[0]
+        if task.index not in self._templates:
+            local = [self.store.local_path(f"{task.template}/{name}") for name in task.files]
+            self._templates[task.index] = local[0].parent
+        return self._templates[task.index]
+
+    def task_of_member(self, member: int) -> RunTask:
+        """The task whose data and head give member `member` its merge statistics: its own (cross-task), or the one."""
+        return self.tasks[member] if self.cfg.cross_task else self.tasks[0]
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One task of a run: its config (`spec`: data settings, name, metric), its task type's implementation, its
+    head's labels, and where its data and its member's files (the template its models are built from) live."""
+
+    index: int
+    spec: Any  # tasks.config.TaskConfig
+    impl: Any  # tasks.taskpool.Task
+    label2id: dict[str, int]
+    num_labels: int
+    data: str  # store prefix of its encoded sets: data/dev.safetensors, data/heldout/<name>.safetensors
+    template: str  # store prefix of its member's files
+    files: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def batching(self) -> dict[str, Any]:
+        return {"batch_size": self.spec.batch_size, "batch_tokens": self.spec.batch_tokens}
 
 
 def rounds_needed(cfg: EvolverConfig) -> int:
@@ -109,27 +146,35 @@ def download_models(
         modelpool.check_no_custom_code(folder)
     folders = [modelpool.as_safetensors(folder, cfg.allow_pickle) for folder in folders]
     base = modelpool.as_safetensors(base, cfg.allow_pickle) if base else None
-    modelpool.check_compatible(folders)
-    label2id, num_labels = modelpool.labels(folders[0])
-    taskpool.task(cfg.data.task_type, label2id).check_head(num_labels, modelpool.architectures(folders[0]), str(cfg.models[0]))
-    names = modelpool.mergeable_names(folders[0], cfg.exclude, cfg.data.task_type)
+    specs = cfg.task_list
+    if cfg.cross_task:  # each member keeps its head: only the bodies must agree
+        names = modelpool.shared_body(folders, [t.task_type for t in specs], cfg.exclude, [t.name for t in specs])
+    else:
+        modelpool.check_compatible(folders)
+        names = modelpool.mergeable_names(folders[0], cfg.exclude, specs[0].task_type)
+    tasks = []
+    for index, spec in enumerate(specs):
+        folder = folders[index]  # cross-task: member i's head scores task i; single-task: the first member's
+        label2id, num_labels = modelpool.labels(folder)
+        where = f"task {spec.name}: {cfg.models[index]}" if cfg.cross_task else str(cfg.models[index])
+        taskpool.task(spec.task_type, label2id).check_head(num_labels, modelpool.architectures(folder), where)
+        prefix = f"/{spec.name}" if cfg.cross_task else ""
+        files = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        tasks.append({"name": spec.name, "task_type": spec.task_type, "label2id": label2id, "num_labels": num_labels, "data": f"data{prefix}", "template": f"template{prefix}", "files": files})
     for folder in folders:
         modelpool.check_finite(folder, names)
     based = {}
     if base is not None:
         based = modelpool.base_names(base, folders[0], names)
         modelpool.check_finite(base, list(based.values()))
-    _copy_checkpoints(run, folders, names, base, based)
+    _copy_checkpoints(run, folders, names, base, based, tasks)
     mlflow_run_id = tracking.start_run(cfg, run.key, tags)
     record = {
         "models": [str(f) for f in folders],
         "names": names,
         "base_model": str(base) if base else None,
         "base_names": based,
-        "template": sorted(f.name for f in folders[0].iterdir() if f.is_file() and not f.name.startswith(".")),
-        "task_type": cfg.data.task_type,
-        "label2id": label2id,
-        "num_labels": num_labels,
+        "tasks": tasks,
         "mlflow_run_id": mlflow_run_id,
         "config": cfg.resolved(),
     }
@@ -144,9 +189,10 @@ def _member_tensors(run: Run, key: str):
             yield name, reader.get_tensor(name)
 
 
-def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Path | None, based: dict[str, str]) -> None:
+def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Path | None, based: dict[str, str], tasks: list[dict[str, Any]]) -> None:
     """Everything later stages read from the checkpoints goes into the store now: each member's evolvable
-    tensors, the base model's matching tensors, and the first member's files as the template."""
+    tensors, the base model's matching tensors, and as templates the files of the first member (of every
+    member in a cross-task run: their heads score their tasks)."""
     from tasks import modelpool
 
     # Streamed tensor by tensor: a checkpoint is never whole in memory.
@@ -158,17 +204,17 @@ def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Pat
         renamed = {base_name: name for name, base_name in based.items()}
         tensors = ((renamed[base_name], t) for base_name, t in modelpool.iter_tensors(base, list(specs)))
         run.store.put_tensor_stream("base.safetensors", {renamed[n]: spec for n, spec in specs.items()}, tensors)
-    for file in sorted(folders[0].iterdir()):
-        if file.is_file() and not file.name.startswith("."):
-            run.store.put_file(f"template/{file.name}", file)
+    for folder, task in zip(folders, tasks):
+        for name in task["files"]:
+            run.store.put_file(f"{task['template']}/{name}", folder / name)
 
 
 # -- init_population ---------------------------------------------------------------------------------------
 
 
 def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
-    """Tokenise the dev, held-out and gate data once (marking the dev rows that only validate), and compute the
-    merge statistics of the members."""
+    """Tokenise every task's dev, held-out and gate data once (marking the dev rows that only validate), and
+    compute the merge statistics of the members."""
     run = Run(conf, run_id)
     done = run.store.get_json_or_none("init.json")
     if done is not None:
@@ -178,56 +224,65 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
 
     from tasks import taskpool
 
-    record, cfg = run.record, run.cfg
-    tokenizer = AutoTokenizer.from_pretrained(run.template)
-    # Named validation sources are encoded with the dev sources (after them): one file, one pass per candidate.
-    dev_sources = cfg.data.dev_sources + cfg.data.validation_sources
-    sets = {"dev": dev_sources, **{f"heldout/{name}": source for name, source in cfg.data.heldout.items()}}
-    if cfg.gate_sources:
-        sets["gate"] = cfg.gate_sources
-    sizes = {}
-    for name, source in sets.items():
-        encoded = taskpool.encode(
-            source,
-            tokenizer=tokenizer,
-            text_column=cfg.data.text_column,
-            label_column=cfg.data.label_column,
-            label2id=record["label2id"],
-            num_labels=record["num_labels"],
-            max_length=cfg.data.max_length,
-            text_pair_column=cfg.data.text_pair_column,
-            task_type=cfg.data.task_type,
-        )
-        if name == "dev":
-            batches = len(taskpool.batch_bounds(encoded["lengths"], cfg.data.batch_size, cfg.data.batch_tokens)) - 1
-            if cfg.shards > batches:  # before any statistic or score: a shard without rows would score nothing
-                raise ConfigError(
-                    f"shards: {cfg.shards} is more than the {batches} batch(es) of the dev data ({len(encoded['labels'])} rows); "
-                    f"use at most {batches}, or a smaller data.batch_size"
-                )
-            marks = taskpool.validation_rows(encoded["source"], validation=cfg.data.validation, dev_sources=len(cfg.data.dev_sources), seed=cfg.seed)
-            encoded["validation"] = marks.to(torch.uint8)
-            sizes["validation"] = int(encoded["validation"].sum())
-        run.store.put_tensors(f"data/{name}.safetensors", encoded)
-        sizes[name] = len(encoded["labels"])
-    _log_datasets(run, sets)
+    cfg = run.cfg
+    tokenizer = AutoTokenizer.from_pretrained(run.template())  # the members share one (check_compatible, shared_body)
+    sizes, tables = {}, {}
+    for task in run.tasks:
+        spec = task.spec
+        # Named validation sources are encoded with the dev sources (after them): one file, one pass per candidate.
+        sets = {"dev": spec.dev_sources + spec.validation_sources, **{f"heldout/{name}": source for name, source in spec.heldout.items()}}
+        if cfg.gate_sources:
+            sets["gate"] = cfg.gate_sources
+        where = f"task {task.name}: " if cfg.cross_task else ""
+        for name, source in sets.items():
+            encoded = _encode_named(
+                where,
+                source,
+                tokenizer=tokenizer,
+                text_column=spec.text_column,
+                label_column=spec.label_column,
+                label2id=task.label2id,
+                num_labels=task.num_labels,
+                max_length=spec.max_length,
+                text_pair_column=spec.text_pair_column,
+                task_type=spec.task_type,
+            )
+            if name == "dev":
+                batches = len(taskpool.batch_bounds(encoded["lengths"], spec.batch_size, spec.batch_tokens)) - 1
+                if cfg.shards > batches:  # before any statistic or score: a shard without rows would score nothing
+                    raise ConfigError(
+                        f"{where}shards: {cfg.shards} is more than the {batches} batch(es) of the dev data ({len(encoded['labels'])} rows); "
+                        f"use at most {batches}, or a smaller batch_size"
+                    )
+                marks = taskpool.validation_rows(encoded["source"], validation=spec.validation, dev_sources=len(spec.dev_sources), seed=cfg.seed)
+                encoded["validation"] = marks.to(torch.uint8)
+                sizes[f"{task.name}/validation" if cfg.cross_task else "validation"] = int(encoded["validation"].sum())
+            run.store.put_tensors(f"{task.data}/{name}.safetensors", encoded)
+            sizes[f"{task.name}/{name}" if cfg.cross_task else name] = len(encoded["labels"])
+            words = taskpool.get_task_type(spec.task_type).words
+            description = source if isinstance(source, str) else " + ".join(source)
+            context = f"{task.name}/{name}" if cfg.cross_task else name
+            tables[context] = (description, taskpool.table(source, spec.text_column, spec.label_column, spec.text_pair_column, words=words))
+    from tasks import tracking
+
+    tracking.log_datasets(cfg, run.record["mlflow_run_id"], tables)
     members = [f"members/init/ind={i}.safetensors" for i in range(run.n)]
     _ensure_statistics(run, 0, members)
-    done = {"members": members, "examples": sizes, "dev_sources": dev_sources}
+    done = {"members": members, "examples": sizes}
     run.store.put_json("init.json", done)
     return done
 
 
-def _log_datasets(run: Run, sets: dict[str, Any]) -> None:
-    from tasks import taskpool, tracking
+def _encode_named(where: str, sources, **settings) -> dict[str, Any]:
+    """`taskpool.encode`, its data errors prefixed with `where` (the task of a cross-task run)."""
+    from tasks import taskpool
 
-    cfg = run.cfg
-    tables = {}
-    for name, source in sets.items():
-        description = source if isinstance(source, str) else " + ".join(source)
-        words = taskpool.get_task_type(cfg.data.task_type).words
-        tables[name] = (description, taskpool.table(source, cfg.data.text_column, cfg.data.label_column, cfg.data.text_pair_column, words=words))
-    tracking.log_datasets(cfg, run.record["mlflow_run_id"], tables)
+    try:
+        return taskpool.encode(sources, **settings)
+    except taskpool.DataError as err:
+        if not where:
+            raise
+        raise taskpool.DataError(f"{where}{err}") from None
 
 
 # -- merge statistics -------------------------------------------------------------------------------------
@@ -245,7 +300,8 @@ def _statistics_keys(run: Run, generation: int) -> list[str] | None:
 
 
 def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
-    """Compute the statistic of every member on dev data, unless already stored."""
+    """Compute the statistic of every member on dev data, unless already stored: in a cross-task run member i's
+    through its own head, on its own task's dev data."""
     keys = _statistics_keys(run, generation)
     if keys is None or all(run.store.exists(k) for k in keys):
         return
@@ -254,20 +310,21 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
 
     cfg = run.cfg
     fisher = get_method(cfg.merger).statistic == "fisher"
-    compute = partial(statistics.fisher_diagonals, loss=run.task.fisher_loss) if fisher else statistics.input_grams
-    data = _fitness_rows(run.store.get_tensors("data/dev.safetensors"))
     device = modelpool.pick_device(cfg.device)
-    for key, member in zip(keys, members):
+    for i, (key, member) in enumerate(zip(keys, members)):
         if run.store.exists(key):
             continue
+        task = run.task_of_member(i)
+        compute = partial(statistics.fisher_diagonals, loss=task.impl.fisher_loss) if fisher else statistics.input_grams
+        data = _fitness_rows(run.store.get_tensors(f"{task.data}/dev.safetensors"))
         # Statistics in float32 whatever the evaluation dtype: Fisher squares gradients, RegMean sums Gram matrices.
-        model = modelpool.model_with(run.template, _member_tensors(run, member), device, "float32", cfg.data.task_type)
+        model = modelpool.model_with(run.template(task), _member_tensors(run, member), device, "float32", task.spec.task_type)
         stats = compute(
             model,
             data,
             run.record["names"],
             batches=cfg.method_params.batches,
-            batch_size=cfg.data.batch_size,
+            batch_size=task.spec.batch_size,
             seed=evolve.derive_seed(cfg.seed, "statistics"),
         )
         # Streamed out, each tensor dropped once written: for RegMean they can be several times the model.
@@ -289,7 +346,7 @@ def _fitness_rows(data: dict[str, Any]) -> dict[str, Any]:
 
 def _initial_state(run: Run) -> dict[str, Any]:
     members = run.store.get_json("init.json")["members"]
-    return {"generation": 0, "members": members, "fitness": None, "merged_fitness": None, "validation": None, "lineage": [], "evaluations": 0}
+    return {"generation": 0, "members": members, "fitness": None, "merged_fitness": None, "validation": None, "task_fitness": None, "lineage": [], "evaluations": 0}
 
 
 def _state_before(run: Run, generation: int, round_: int) -> dict[str, Any] | None:
@@ -507,51 +564,71 @@ def row_blocks(shape: tuple[int, ...], bytes_per_element: int, allowed: bool) ->
     return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
 
-def _scored_model(run: Run, members: list[str], generation: int):
+def _scored_models(run: Run, members: list[str], generation: int) -> list:
+    """One model per task, each the candidate's tensors in that task's template: merged once, into the first
+    task's model, and copied from it into the others, so every task is scored through its own member's head."""
     from tasks import modelpool
 
     device = modelpool.pick_device(run.cfg.device)
-    return modelpool.model_with(run.template, _candidate_tensors(run, members, generation, device), device, run.cfg.dtype, run.cfg.data.task_type)
+    first, *others = run.tasks
+    model = modelpool.model_with(run.template(first), _candidate_tensors(run, members, generation, device), device, run.cfg.dtype, first.spec.task_type)
+    models = [model]
+    if others:
+        body = model.state_dict()
+        for task in others:
+            tensors = ((name, body[name]) for name in run.record["names"])
+            models.append(modelpool.model_with(run.template(task), tensors, device, run.cfg.dtype, task.spec.task_type))
+    return models
 
 
-def _statistics(run: Run, model, data_key: str) -> Any:
-    """The task type's statistics of `model` on a whole stored set (held-out, gate)."""
-    data = run.store.get_tensors(data_key)
-    batching = {"batch_size": run.cfg.data.batch_size, "batch_tokens": run.cfg.data.batch_tokens}
-    return run.task.score(model, data, range(len(data["labels"])), num_labels=run.record["num_labels"], **batching)[0]
+def _statistics(run: Run, task: RunTask, model, data_key: str) -> Any:
+    """The task type's statistics of `model` on a whole stored set of `task` (held-out, gate)."""
+    data = run.store.get_tensors(f"{task.data}/{data_key}.safetensors")
+    return task.impl.score(model, data, range(len(data["labels"])), num_labels=task.num_labels, **task.batching)[0]
 
 
-def _dev_counts(run: Run, model, shard: int = 0, shards: int = 1) -> dict[str, list]:
-    """The task type's statistics (confusion counts, entity counts, predictions) of `model` on one dev shard,
-    one per dev source, apart for the rows fitness sees and the rows that only validate. Added up over shards
-    they are exact whatever the shard count."""
+def _dev_counts(run: Run, models: list, shard: int = 0, shards: int = 1) -> dict[str, dict[str, list]]:
+    """Per task, the task type's statistics (confusion counts, entity counts, predictions) of its model on one
+    dev shard of its data, one per dev source, apart for the rows fitness sees and the rows that only validate.
+    Added up over shards they are exact whatever the shard count."""
     from tasks import taskpool
 
-    data = run.store.get_tensors("data/dev.safetensors")
-    n_sources = len(run.store.get_json("init.json")["dev_sources"])
-    batching = {"batch_size": run.cfg.data.batch_size, "batch_tokens": run.cfg.data.batch_tokens}
-    rows = taskpool.shard_range(len(data["labels"]), shards=shards, shard=shard, lengths=data["lengths"], **batching)
-    groups = data["source"].long() * 2 + data["validation"].long()
-    counts = run.task.score(model, data, rows, num_labels=run.record["num_labels"], groups=groups, n_groups=2 * n_sources, **batching)
-    return {"fitness": counts[0::2], "validation": counts[1::2]}
+    counts = {}
+    for task, model in zip(run.tasks, models):
+        data = run.store.get_tensors(f"{task.data}/dev.safetensors")
+        n_sources = len(task.spec.dev_sources) + len(task.spec.validation_sources)
+        rows = taskpool.shard_range(len(data["labels"]), shards=shards, shard=shard, lengths=data["lengths"], **task.batching)
+        groups = data["source"].long() * 2 + data["validation"].long()
+        scored = task.impl.score(model, data, rows, num_labels=task.num_labels, groups=groups, n_groups=2 * n_sources, **task.batching)
+        counts[task.name] = {"fitness": scored[0::2], "validation": scored[1::2]}
+    return counts
 
 
-def _sum_counts(run: Run, parts: list[dict[str, list]]) -> dict[str, list]:
-    """Shard statistics added up per role and source, in shard order."""
-    return {role: [run.task.add(per_source) for per_source in zip(*(p[role] for p in parts))] for role in ("fitness", "validation")}
+def _sum_counts(run: Run, parts: list[dict[str, dict[str, list]]]) -> dict[str, dict[str, list]]:
+    """Shard statistics added up per task, role and source, in shard order."""
+    return {
+        task.name: {role: [task.impl.add(per_source) for per_source in zip(*(p[task.name][role] for p in parts))] for role in ("fitness", "validation")}
+        for task in run.tasks
+    }
 
 
-def _scores(run: Run, counts: dict[str, list]) -> tuple[float, float | None]:
-    """Fitness (the configured aggregate over dev sources) and, with validation data, the validation score."""
-    cfg = run.cfg
-    fitness = run.task.aggregate(counts["fitness"], cfg.metric, cfg.fitness_aggregate)
-    validation = run.task.aggregate(counts["validation"], cfg.metric, cfg.fitness_aggregate) if cfg.data.validation is not None else None
-    return fitness, validation
+def _task_scores(run: Run, counts: dict[str, dict[str, list]], role: str = "fitness") -> dict[str, float]:
+    """Each task's score (its metric, aggregated over its dev sources by `fitness_aggregate`, on the maximised scale)."""
+    return {task.name: task.impl.aggregate(counts[task.name][role], task.spec.metric, run.cfg.fitness_aggregate) for task in run.tasks}
+
+
+def _scores(run: Run, counts: dict[str, dict[str, list]]) -> tuple[float, float | None]:
+    """Fitness (the unweighted mean of the tasks' scores; one task's score as it is) and, with validation data,
+    the validation score, the same way."""
+    fitness = math.fsum(_task_scores(run, counts).values()) / len(run.tasks)
+    if run.tasks[0].spec.validation is None:
+        return fitness, None
+    return fitness, math.fsum(_task_scores(run, counts, "validation").values()) / len(run.tasks)
 
 
 def evaluate(conf: dict[str, Any], run_id: str, items: list[dict[str, Any]], context: dict[str, str] | None = None) -> dict[str, Any]:
     """Score candidates on dev shards, one work item after the other; each item's result is its shard's
-    confusion counts per source and role, under its own key (so a retried task redoes only what is missing)."""
+    statistics per task, source and role, under its own key (so a retried task redoes only what is missing)."""
     run = Run(conf, run_id)
     keys, scored = [], None  # (candidate, its model): consecutive items share a candidate, merged once
     for item in items:
@@ -562,7 +639,7 @@ def evaluate(conf: dict[str, Any], run_id: str, items: list[dict[str, Any]], con
             continue
         if scored is None or scored[0] != (g, r, c):
             candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
-            scored = ((g, r, c), _scored_model(run, candidate["members"], g))
+            scored = ((g, r, c), _scored_models(run, candidate["members"], g))
         counts = _dev_counts(run, scored[1], s, run.cfg.shards)
         run.store.put_json(key, {"counts": counts, "item": item, "context": context or {}})
     return {"keys": keys}
@@ -571,22 +648,25 @@ def evaluate(conf: dict[str, Any], run_id: str, items: list[dict[str, Any]], con
 # -- select -----------------------------------------------------------------------------------------------
 
 
-def _fitness(run: Run, g: int, r: int, n_candidates: int) -> tuple[list[float], list[float | None], list[dict[str, str]]]:
-    """Each candidate's fitness and validation score from its summed shard counts, and who evaluated it (as tags)."""
+def _fitness(run: Run, g: int, r: int, n_candidates: int) -> tuple[list[float], list[float | None], list[dict[str, str]], list[dict[str, float]]]:
+    """Each candidate's fitness and validation score from its summed shard counts, who evaluated it (as tags),
+    and, in a cross-task run, each task's score (empty otherwise)."""
     keys = [[f"gen={g}/round={r}/cand={c}/shard={s}.json" for s in range(run.cfg.shards)] for c in range(n_candidates)]
     missing = [k for row in keys for k in row if not run.store.exists(k)]
     if missing:
         raise StoreError(f"select: {len(missing)} shard results missing in {run.store.uri}, e.g. {missing[0]}")
-    scores, validations, evaluated_by = [], [], []
+    scores, validations, evaluated_by, by_task = [], [], [], []
     for row in keys:
         shards = [run.store.get_json(k) for k in row]
-        fitness, validation = _scores(run, _sum_counts(run, [s["counts"] for s in shards]))
+        counts = _sum_counts(run, [s["counts"] for s in shards])
+        fitness, validation = _scores(run, counts)
         scores.append(fitness)
         validations.append(validation)
+        by_task.append(_task_scores(run, counts) if run.cfg.cross_task else {})
         contexts = [s.get("context", {}) for s in shards]
         tags = sorted({k for c in contexts for k in c if k in ("airflow.map_index", "airflow.try_number", "airflow.task_id")})
         evaluated_by.append({f"evaluate.{k}": ",".join(str(c.get(k, "")) for c in contexts) for k in tags})
-    return scores, validations, evaluated_by
+    return scores, validations, evaluated_by, by_task
 
 
 def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, context: dict[str, str] | None = None) -> dict[str, Any]:
@@ -599,7 +679,7 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
     before = _state_before(run, g, r)
     plan = run.store.get_json(f"gen={g}/round={r}/candidates.json")
     candidates = plan["candidates"]
-    scores, validations, evaluated_by = _fitness(run, g, r, len(candidates))
+    scores, validations, evaluated_by, by_task = _fitness(run, g, r, len(candidates))
     state = {**before, "generation": g, "lineage": list(before["lineage"]), "evaluations": before["evaluations"] + len(candidates)}
     state["round_scores"] = (before.get("round_scores", []) if r > 0 else []) + scores
     state["accepted"] = before.get("accepted", 0) if r > 0 else 0
@@ -608,11 +688,11 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
 
     if g == 0:
         if cfg.mode == "plain":
-            state["fitness"], state["validation"] = scores, validations
+            state["fitness"], state["validation"], state["task_fitness"] = scores, validations, by_task
             for i, (score, validation) in enumerate(zip(scores, validations)):
                 _track_best_validation(state, g, [state["members"][i]], score, validation)
         else:
-            state["merged_fitness"], state["validation"] = scores[0], validations[0]
+            state["merged_fitness"], state["validation"], state["task_fitness"] = scores[0], validations[0], by_task[0]
             _track_best_validation(state, g, state["members"], scores[0], validations[0])
     elif r > 0 and cfg.schedule == "generational":
         # All improvers together (candidate 0) against the best single improver already applied in `before`.
@@ -620,6 +700,7 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
         accepted = scores[0] > before["merged_fitness"] and evolve.within_tolerance(validations[0], before["validation"], tolerance)
         if accepted:
             state["members"], state["merged_fitness"], state["validation"] = combined["members"], scores[0], validations[0]
+            state["task_fitness"] = by_task[0]
             state["accepted"] = len(combined["targets"])
             _track_best_validation(state, g, state["members"], scores[0], validations[0])
         for entry in state["lineage"]:
@@ -630,11 +711,11 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
         by_target = {c["targets"][0]: c for c in candidates}
         if cfg.mode == "plain":
             accepted = evolve.plain_accepts(scored, state["fitness"], state["validation"], tolerance)
-            state["fitness"], state["validation"] = list(state["fitness"]), list(state["validation"])
+            state["fitness"], state["validation"], state["task_fitness"] = list(state["fitness"]), list(state["validation"]), list(state["task_fitness"])
             for t in accepted:
                 k = candidates.index(by_target[t])
                 state["members"] = _replace(state["members"], {t: by_target[t]["offspring"]})
-                state["fitness"][t], state["validation"][t] = scores[k], validations[k]
+                state["fitness"][t], state["validation"][t], state["task_fitness"][t] = scores[k], validations[k], by_task[k]
                 _track_best_validation(state, g, [by_target[t]["offspring"]], scores[k], validations[k])
         else:
             improvers = evolve.merge_improvers(scored, state["merged_fitness"], state["validation"], tolerance)
@@ -642,12 +723,13 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
             if improvers:
                 best = by_target[improvers[0].target]
                 state["members"], state["merged_fitness"], state["validation"] = best["members"], improvers[0].fitness, improvers[0].validation
+                state["task_fitness"] = by_task[candidates.index(best)]
                 _track_best_validation(state, g, state["members"], improvers[0].fitness, improvers[0].validation)
             if len(improvers) > 1:  # generational: try them all together in the next round
                 done = False
                 state["pending"] = [{"target": i.target, "offspring": by_target[i.target]["offspring"]} for i in improvers]
         state["accepted"] += len(accepted)
-        for sc, evaluators in zip(scored, evaluated_by):
+        for sc, evaluators, tasks in zip(scored, evaluated_by, by_task):
             entry = {
                 "generation": g,
                 "round": r,
@@ -660,6 +742,8 @@ def select(conf: dict[str, Any], run_id: str, generation: int, round_: int, cont
             }
             if sc.validation is not None:
                 entry["validation"] = sc.validation
+            if tasks:  # cross-task: each task's score of the candidate
+                entry["tasks"] = tasks
             state["lineage"].append(entry)
         if cfg.schedule == "sequential":
             done = r == run.n - 1
@@ -702,6 +786,11 @@ def generation_record(cfg: EvolverConfig, state: dict[str, Any]) -> dict[str, An
         "accepted": state.get("accepted", 0),
         "evaluations": state["evaluations"],
     }
+    if cfg.cross_task:  # each task's score of the generation's best (its merge, or its best individual)
+        if cfg.mode == "plain":
+            record["task_fitness"] = state["task_fitness"][max(range(len(state["fitness"])), key=lambda i: (state["fitness"][i], -i))]
+        else:
+            record["task_fitness"] = state["task_fitness"]
     if "best_validation" in state:
         if cfg.mode == "plain":
             leader = max(range(len(state["fitness"])), key=lambda i: (state["fitness"][i], -i))
@@ -727,38 +816,65 @@ def weights_sha256(state_dict: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def _pooled(run: Run, by_source: list) -> dict[str, float]:
-    return run.task.metrics(run.task.add(by_source))
+def _pooled(task: RunTask, by_source: list) -> dict[str, float]:
+    return task.impl.metrics(task.impl.add(by_source))
 
 
-def _report(run: Run, model) -> dict[str, Any]:
-    """Dev, validation, held-out (and gate) metrics of one model, plus the in-domain / out-of-domain means.
+def _report(run: Run, models: list) -> dict[str, Any]:
+    """Every task's report (`_task_report`): a single-task run's is the report; a cross-task run's are under
+    `tasks`, and `dev.mean` is the unweighted mean of the tasks' dev metrics on the maximised scale (mse
+    negated), the score the champion gate compares."""
+    from tasks import taskpool
+
+    counts = _dev_counts(run, models)
+    reports = {task.name: _task_report(run, task, model, counts[task.name]) for task, model in zip(run.tasks, models)}
+    if not run.cfg.cross_task:
+        return reports[run.tasks[0].name]
+    mean = math.fsum(taskpool.fitness_value(t.spec.metric, reports[t.name]["dev"][t.spec.metric]) for t in run.tasks) / len(run.tasks)
+    return {"tasks": reports, "dev": {"mean": mean}, "heldout": {}}
+
+
+def _task_report(run: Run, task: RunTask, model, counts: dict[str, list]) -> dict[str, Any]:
+    """Dev, validation, held-out (and gate) metrics of one task's model, plus the in-domain / out-of-domain means.
     `dev` covers the rows fitness sees (all dev rows without validation data), pooled; `dev_sources` each source."""
-    task = run.task
-    counts = _dev_counts(run, model)
-    sources = run.store.get_json("init.json")["dev_sources"]
-    report: dict[str, Any] = {"dev": _pooled(run, counts["fitness"])}
+    spec, impl = task.spec, task.impl
+    sources = spec.dev_sources + spec.validation_sources
+    report: dict[str, Any] = {"dev": _pooled(task, counts["fitness"])}
     if len(sources) > 1:
-        report["dev_sources"] = {source: task.metrics(m) for source, m in zip(sources, counts["fitness"]) if task.size(m)}
-    if run.cfg.data.validation is not None:
-        report["validation"] = _pooled(run, counts["validation"])
+        report["dev_sources"] = {source: impl.metrics(m) for source, m in zip(sources, counts["fitness"]) if impl.size(m)}
+    if spec.validation is not None:
+        report["validation"] = _pooled(task, counts["validation"])
         # Every dev row, fitness and validation alike (named validation sources included): comparable with the
         # `dev` of a run that selects on all of them.
-        report["dev_all"] = _pooled(run, [*counts["fitness"], *counts["validation"]])
-    heldout = {name: task.metrics(_statistics(run, model, f"data/heldout/{name}.safetensors")) for name in run.cfg.data.heldout}
+        report["dev_all"] = _pooled(task, [*counts["fitness"], *counts["validation"]])
+    heldout = {name: impl.metrics(_statistics(run, task, model, f"heldout/{name}")) for name in spec.heldout}
     groups = {
-        "in_domain": [n for n in heldout if n not in run.cfg.data.out_of_domain],
-        "out_of_domain": [n for n in heldout if n in run.cfg.data.out_of_domain],
+        "in_domain": [n for n in heldout if n not in spec.out_of_domain],
+        "out_of_domain": [n for n in heldout if n in spec.out_of_domain],
     }
     means = {
-        group: {m: statistics.fmean(heldout[n][m] for n in names) for m in task.type.metrics}
+        group: {m: statistics.fmean(heldout[n][m] for n in names) for m in impl.type.metrics}
         for group, names in groups.items()
         if names
     }
     report.update(heldout=heldout, heldout_mean=means)
     if run.cfg.gate_sources:
-        report["gate"] = task.metrics(_statistics(run, model, "data/gate.safetensors"))
+        report["gate"] = impl.metrics(_statistics(run, task, model, "gate"))
     return report
+
+
+def _fused_sha256(run: Run, models: list) -> str:
+    """weights_sha256 of the fused model; of a cross-task run's models together, each name under its task's."""
+    if not run.cfg.cross_task:
+        return weights_sha256(models[0].state_dict())
+    return weights_sha256({f"{task.name}/{name}": t for task, model in zip(run.tasks, models) for name, t in model.state_dict().items()})
+
+
+def _save_models(run: Run, models: list, out: Path) -> None:
+    """The fused model in `out`; a cross-task run's one folder per task, `out/<task>`, each loadable with its
+    task's Auto class."""
+    for task, model in zip(run.tasks, models):
+        _save_model(model, run.template(task), out / task.name if run.cfg.cross_task else out)
 
 
 def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = None) -> dict[str, Any]:
@@ -772,14 +888,14 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
     cfg, record = run.cfg, run.record
     population = run.store.get_json(f"gen={cfg.generations}/population.json")
     output = _output_of(run, population, cfg.generations)
-    model = _scored_model(run, output["members"], output["generation"])
-    final = _report(run, model)
-    sha = weights_sha256(model.state_dict())
+    models = _scored_models(run, output["members"], output["generation"])
+    final = _report(run, models)
+    sha = _fused_sha256(run, models)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        _save_model(model, run.template, model_dir)
-        for file in sorted(model_dir.iterdir()):
-            run.store.put_file(f"final/model/{file.name}", file)
+        _save_models(run, models, model_dir)
+        for file in sorted(f for f in model_dir.rglob("*") if f.is_file()):
+            run.store.put_file(f"final/model/{file.relative_to(model_dir).as_posix()}", file)
         summary = {
             "config": cfg.resolved(),
             "run_key": run.key,
@@ -789,6 +905,7 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
             "output": {k: v for k, v in output.items() if k != "members"},
             "baselines": _baselines(run) if cfg.baselines else {},
             "fused_model_uri": f"{run.store.uri}/final/model",
+            **({"fused_models": {t.name: f"{run.store.uri}/final/model/{t.name}" for t in run.tasks}} if cfg.cross_task else {}),
             "fused_model_sha256": sha,
             "mlflow_run_id": record["mlflow_run_id"],
         }
@@ -818,8 +935,8 @@ def population_report(conf: dict[str, Any], run_id: str, generation: int) -> dic
     never calls it, and nothing selects on it."""
     run = Run(conf, run_id)
     output = _output_of(run, run.store.get_json(f"gen={generation}/population.json"), generation)
-    model = _scored_model(run, output["members"], output["generation"])
-    return {**_report(run, model), "sha256": weights_sha256(model.state_dict()), "output": {k: v for k, v in output.items() if k != "members"}}
+    models = _scored_models(run, output["members"], output["generation"])
+    return {**_report(run, models), "sha256": _fused_sha256(run, models), "output": {k: v for k, v in output.items() if k != "members"}}
 
 
 def _save_model(model, template: Path, out: Path) -> None:
@@ -830,13 +947,14 @@ def _save_model(model, template: Path, out: Path) -> None:
 
 
 def _baselines(run: Run) -> dict[str, Any]:
-    """Each fine-tuned member on its own and the plain merge of all of them, on the same data."""
+    """Each fine-tuned member on its own and the plain merge of all of them, on the same data. In a cross-task
+    run a member's row scores its body with every task's head: its own task's score is the individual model's."""
     members = run.store.get_json("init.json")["members"]
     names = [Path(folder).name for folder in run.record["models"]]
     if len(set(names)) < len(names):
         names = [f"model_{i}" for i in range(run.n)]
-    rows = {name: _report(run, _scored_model(run, [key], 0)) for name, key in zip(names, members)}
-    rows[run.cfg.merger] = _report(run, _scored_model(run, members, 0))
+    rows = {name: _report(run, _scored_models(run, [key], 0)) for name, key in zip(names, members)}
+    rows[run.cfg.merger] = _report(run, _scored_models(run, members, 0))
     return rows
 
 
@@ -860,15 +978,19 @@ def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = 
     if cfg.registered_model is None:
         decision = {"registered": False, "promoted": False, "reason": "registered_model is null: nothing registered"}
     else:
-        version = tracking.register(cfg, mlflow_run_id)
-        challenger = {"dev": summary["final"]["dev"][cfg.metric]}
+        # A cross-task run registers one model per task, `<registered_model>-<task>`, promoted together.
+        names = _registered_names(run)
+        versions = {name: tracking.register(cfg, mlflow_run_id, name, artifact) for name, artifact in names.items()}
+        version = ",".join(versions.values())
+        challenger = {"dev": summary["final"]["dev"][_gate_metric(run)]}
         if "gate" in summary["final"]:
             challenger["gate_data"] = summary["final"]["gate"][cfg.metric]
-        decision = {"registered": True, "model": cfg.registered_model, "version": version, "gate_rule": cfg.gate_rule}
+        decision = {"registered": True, "model": ",".join(names), "version": version, "gate_rule": cfg.gate_rule}
         decision.update({f"challenger_{k}": v for k, v in challenger.items()})
-        decision.update(_champion_gate(run, version, challenger))
+        decision.update(_champion_gate(run, versions, challenger))
         if decision["promoted"]:
-            tracking.set_champion(cfg, version)
+            for name, number in versions.items():
+                tracking.set_champion(cfg, number, name)
     gate_tags = {}
     if decision["registered"]:
         gate_tags = {"evolver.model_version": decision["version"], "evolver.gate_rule": cfg.gate_rule, "evolver.gate_decided_by": decision["decided_by"]}
@@ -901,49 +1023,72 @@ def gate_decision(rule: str, margins: dict[str, float]) -> tuple[bool, str]:
     return bool(better), " and ".join(better) if better else "dev and gate_data (equal)"
 
 
-def _champion_gate(run: Run, version: str, challenger: dict[str, float]) -> dict[str, Any]:
+def _registered_names(run: Run) -> dict[str, str]:
+    """Registered model name -> the run artifact it registers: the fused model, or one per task."""
+    cfg = run.cfg
+    if not cfg.cross_task:
+        return {cfg.registered_model: "fused_model"}
+    return {f"{cfg.registered_model}-{task.name}": f"fused_model/{task.name}" for task in run.tasks}
+
+
+def _gate_metric(run: Run) -> str:
+    """What the gate compares on dev data: the metric, or a cross-task run's mean over tasks (`dev.mean`)."""
+    return "mean" if run.cfg.cross_task else run.cfg.metric
+
+
+def _champion_gate(run: Run, versions: dict[str, str], challenger: dict[str, float]) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool, tracking
 
     hf_logging.disable_progress_bar()
-    cfg, metric = run.cfg, run.cfg.metric
-    current = tracking.champion(cfg)
-    if current is None:
+    cfg, metric = run.cfg, _gate_metric(run)
+    version = ",".join(versions.values())
+    current = {name: tracking.champion(cfg, name) for name in versions}
+    if any(c is None for c in current.values()):
         return {"promoted": True, "champion_before": None, "decided_by": "no champion", "reason": f"no champion yet: version {version} becomes champion"}
-    if str(current.version) == version:  # only this run's own earlier try can have promoted its version
+    before = ",".join(str(c.version) for c in current.values())
+    if before == version:  # only this run's own earlier try can have promoted its versions
         reason = f"version {version} is the champion (promoted by an earlier try of this run)"
         return {"promoted": True, "champion_before": version, "decided_by": "earlier try", "reason": reason}
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = tracking.download_model(cfg.tracking_uri, current.run_id, Path(tmp))
-        heads = modelpool.architectures(folder)
-        if heads != modelpool.architectures(run.template):
-            reason = f"champion version {current.version} is a {', '.join(heads) or 'model'} of another task type; it stays, compare by hand"
-            return {"promoted": False, "champion_before": str(current.version), "decided_by": "labels", "reason": reason}
-        model = modelpool.auto_class(cfg.data.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
-    if model.config.num_labels != run.record["num_labels"] or {str(k): v for k, v in model.config.label2id.items()} != run.record["label2id"]:
-        reason = f"champion version {current.version} has other labels ({model.config.label2id}); it stays, compare by hand"
-        return {"promoted": False, "champion_before": str(current.version), "decided_by": "labels", "reason": reason}
-    model.to(modelpool.pick_device(cfg.device)).eval()
-    champion = {"dev": _pooled(run, _dev_counts(run, model)["fitness"])[metric]}
+    models, artifacts = [], _registered_names(run)
+    for task, (name, champion) in zip(run.tasks, current.items()):
+        with tempfile.TemporaryDirectory() as tmp:
+            artifact = artifacts[name]  # champions of a registered name come from runs of the same shape
+            folder = tracking.download_model(cfg.tracking_uri, champion.run_id, Path(tmp), artifact)
+            heads = modelpool.architectures(folder)
+            if heads != modelpool.architectures(run.template(task)):
+                reason = f"champion version {champion.version} of {name} is a {', '.join(heads) or 'model'} of another task type; it stays, compare by hand"
+                return {"promoted": False, "champion_before": before, "decided_by": "labels", "reason": reason}
+            model = modelpool.auto_class(task.spec.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
+        if model.config.num_labels != task.num_labels or {str(k): v for k, v in model.config.label2id.items()} != task.label2id:
+            reason = f"champion version {champion.version} of {name} has other labels ({model.config.label2id}); it stays, compare by hand"
+            return {"promoted": False, "champion_before": before, "decided_by": "labels", "reason": reason}
+        models.append(model.to(modelpool.pick_device(cfg.device)).eval())
+    counts = _dev_counts(run, models)
+    reports = [_pooled(task, counts[task.name]["fitness"]) for task in run.tasks]
+    if cfg.cross_task:
+        champion_scores = {"dev": math.fsum(taskpool.fitness_value(t.spec.metric, r[t.spec.metric]) for t, r in zip(run.tasks, reports)) / len(run.tasks)}
+    else:
+        champion_scores = {"dev": reports[0][metric]}
     if "gate_data" in challenger:
-        champion["gate_data"] = run.task.metrics(_statistics(run, model, "data/gate.safetensors"))[metric]
+        champion_scores["gate_data"] = run.tasks[0].impl.metrics(_statistics(run, run.tasks[0], models[0], "gate"))[metric]
     # On the maximised scale: a lower mse is a positive margin.
-    margins = {k: taskpool.fitness_value(metric, challenger[k]) - taskpool.fitness_value(metric, champion[k]) for k in champion}
+    margins = {k: taskpool.fitness_value(metric, challenger[k]) - taskpool.fitness_value(metric, champion_scores[k]) for k in champion_scores}
     promoted, decided_by = gate_decision(cfg.gate_rule, margins)
     verdict = "beats" if promoted else "does not beat"
     if cfg.gate_rule == "dev":
         reason = (
-            f"challenger version {version} dev {metric} {challenger['dev']:.4f} {verdict} champion version {current.version} "
-            f"{champion['dev']:.4f} on this run's dev data"
+            f"challenger version {version} dev {metric} {challenger['dev']:.4f} {verdict} champion version {before} "
+            f"{champion_scores['dev']:.4f} on this run's dev data"
         )
     else:
-        scores = ", ".join(f"{k} {metric} {challenger[k]:.4f} vs {champion[k]:.4f} ({margins[k]:+.4f})" for k in champion)
-        reason = f"challenger version {version} {verdict} champion version {current.version} by gate_rule {cfg.gate_rule} (decided by {decided_by}): {scores}"
+        scores = ", ".join(f"{k} {metric} {challenger[k]:.4f} vs {champion_scores[k]:.4f} ({margins[k]:+.4f})" for k in champion_scores)
+        reason = f"challenger version {version} {verdict} champion version {before} by gate_rule {cfg.gate_rule} (decided by {decided_by}): {scores}"
     return {
         "promoted": promoted,
-        "champion_before": str(current.version),
-        **{f"champion_{k}": v for k, v in champion.items()},
+        "champion_before": before,
+        **{f"champion_{k}": v for k, v in champion_scores.items()},
         "margins": margins,
         "decided_by": decided_by,
         "reason": reason,

@@ -36,6 +36,8 @@ RUN_KEY_TAG = "evolver.run_key"
 LINEAGE_TABLE = "lineage.json"
 CHAMPION, CHALLENGER = "champion", "challenger"
 LINEAGE_COLUMNS = ("generation", "round", "individual", "reference", "seed", "fitness", "accepted")
+# A cross-task run's per-task scores, per generation and per offspring: `fitness_<task>` (maximised scale).
+TASK_FITNESS_PREFIX = "fitness_"
 
 
 def client_for(tracking_uri: str):
@@ -167,11 +169,15 @@ def log_generation(
     # With validation data every candidate also has a validation score: one more column.
     columns = LINEAGE_COLUMNS + (("validation",) if any("validation" in entry for entry in lineage) else ())
     rows = [{column: entry[column if column != "individual" else "target"] for column in columns} for entry in lineage]
+    for row, entry in zip(rows, lineage):
+        if "tasks" in entry:
+            row["tasks"] = entry["tasks"]
     evaluated_by = [entry.get("evaluated_by", {}) for entry in lineage]
     _log_offspring_runs(client, run_id, step, rows, evaluated_by, context or {})
     if rows and not any(row["generation"] == step for row in read_lineage(client, run_id)):
         client.log_table(run_id, {column: [row[column] for row in rows] for column in columns}, LINEAGE_TABLE)
     values = {key: record[key] for key in ("validation", "best_validation", "mean_fitness", "accepted", "evaluations", "best_fitness") if key in record}
+    values.update({f"{TASK_FITNESS_PREFIX}{task}": score for task, score in record.get("task_fitness", {}).items()})
     client.log_batch(run_id, metrics=_metrics(values, step))  # one call: all of them or none
 
 
@@ -201,6 +207,7 @@ def _log_offspring_runs(
         }
         child = client.create_run(parent.info.experiment_id, run_name=f"g{generation:02d}-r{row['round']}-ind{row['individual']}", tags=tags)
         scores = {k: row[k] for k in ("fitness", "validation") if k in row}
+        scores.update({f"{TASK_FITNESS_PREFIX}{task}": score for task, score in row.get("tasks", {}).items()})
         client.log_batch(child.info.run_id, metrics=_metrics(scores, generation), tags=[RunTag("evolver.complete", "1")])
         client.set_terminated(child.info.run_id, "FINISHED")
 
@@ -230,7 +237,10 @@ def _fitness_curve_png(generations: list[dict[str, Any]], metric: str) -> bytes:
 
 
 def final_metrics(final: dict[str, Any]) -> dict[str, float]:
+    """MLflow metric name -> value of a final report; a cross-task run's tasks under `<task>_` (`sst_dev_macro_f1`)."""
     values = {f"dev_{metric}": value for metric, value in final["dev"].items()}
+    for task, report in final.get("tasks", {}).items():
+        values.update({f"{task}_{key}": value for key, value in final_metrics(report).items()})
     for part in ("validation", "gate"):
         values.update({f"{part}_{metric}": value for metric, value in final.get(part, {}).items()})
     for name, scores in final["heldout"].items():
@@ -251,42 +261,44 @@ def log_final(cfg: EvolverConfig, run_id: str, summary: dict[str, Any], model_di
     client.log_artifacts(run_id, str(model_dir), artifact_path="fused_model")
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "fitness_curve.png"
-        png.write_bytes(_fitness_curve_png(summary["generations"], cfg.metric))
+        png.write_bytes(_fitness_curve_png(summary["generations"], "mean of the tasks' metrics" if cfg.cross_task else cfg.metric))
         client.log_artifact(run_id, str(png))
     _log_json(client, run_id, "summary.json", summary)
 
 
-def register(cfg: EvolverConfig, run_id: str) -> str:
-    """The run's fused model as a version of `cfg.registered_model` with the alias `challenger`; its version."""
+def register(cfg: EvolverConfig, run_id: str, name: str | None = None, artifact: str = "fused_model") -> str:
+    """The run's fused model (the `artifact` folder) as a version of `name` (default `cfg.registered_model`)
+    with the alias `challenger`; its version."""
     client = client_for(cfg.tracking_uri)
-    name = cfg.registered_model
+    name = name or cfg.registered_model
     if client.search_registered_models(filter_string=f"name = '{name}'"):
         versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     else:
         client.create_registered_model(name, description="Fused models from evolver-pipeline runs.")
         versions = []
-    version = versions[0] if versions else client.create_model_version(name, source=f"runs:/{run_id}/fused_model", run_id=run_id)
+    version = versions[0] if versions else client.create_model_version(name, source=f"runs:/{run_id}/{artifact}", run_id=run_id)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 
 
-def champion(cfg: EvolverConfig):
-    """The model version holding the `champion` alias, or None."""
+def champion(cfg: EvolverConfig, name: str | None = None):
+    """The version of `name` (default `cfg.registered_model`) holding the `champion` alias, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        return client_for(cfg.tracking_uri).get_model_version_by_alias(cfg.registered_model, CHAMPION)
+        return client_for(cfg.tracking_uri).get_model_version_by_alias(name or cfg.registered_model, CHAMPION)
     except MlflowException:
         return None
 
 
-def download_model(tracking_uri: str, run_id: str, dst: Path) -> Path:
-    """The `fused_model/` artifacts of a run, as a folder that `from_pretrained` loads."""
-    return Path(client_for(tracking_uri).download_artifacts(run_id, "fused_model", str(dst)))
+def download_model(tracking_uri: str, run_id: str, dst: Path, artifact: str = "fused_model") -> Path:
+    """The `fused_model/` artifacts of a run (a cross-task run's `fused_model/<task>/`), as a folder that
+    `from_pretrained` loads."""
+    return Path(client_for(tracking_uri).download_artifacts(run_id, artifact, str(dst)))
 
 
-def set_champion(cfg: EvolverConfig, version: str) -> None:
-    client_for(cfg.tracking_uri).set_registered_model_alias(cfg.registered_model, CHAMPION, version)
+def set_champion(cfg: EvolverConfig, version: str, name: str | None = None) -> None:
+    client_for(cfg.tracking_uri).set_registered_model_alias(name or cfg.registered_model, CHAMPION, version)
 
 
 def finish(cfg: EvolverConfig, run_id: str) -> None:

@@ -63,3 +63,8 @@ def tiny_regression(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_ner(tmp_path_factory):
     return tiny.build_ner(tmp_path_factory.mktemp("tiny-ner"))
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_task(tmp_path_factory):
+    return tiny.build_cross_task(tmp_path_factory.mktemp("tiny-cross-task"))

@@ -115,7 +115,7 @@ def test_domain_aggregates_equal_their_definition_from_per_source_counts(tiny_co
     for g in (0, 1):
         plan = store.get_json(f"gen={g}/round=0/candidates.json")
         for c in range(len(plan["candidates"])):
-            shards = [store.get_json(f"gen={g}/round=0/cand={c}/shard={s}.json")["counts"]["fitness"] for s in range(2)]
+            shards = [store.get_json(f"gen={g}/round=0/cand={c}/shard={s}.json")["counts"]["data"]["fitness"] for s in range(2)]
             per_source = np.sum(np.asarray(shards), axis=0)
             expected = combine([_macro_f1_from_counts(m) for m in per_source])
             if g == 0:

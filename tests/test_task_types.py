@@ -202,3 +202,37 @@ def test_bad_task_configs_and_data_fail_before_compute(tiny_population, tiny_reg
     fails(tiny_population, {"dev": str(tiny_ner["test"]["travel"]), "heldout": {}}, r"travel_test.conll: a .conll file is read as CoNLL", name="conll")
     words = {**ner, "text_column": "text", "label_column": "label", "dev": [str(p) for p in tiny_population["dev"]], "heldout": {}}
     fails(tiny_ner, words, "books_dev.csv: row 0: token classification needs a list of words in 'text'", name="words")
+
+
+def test_finetune_learns_tags_and_numbers(tmp_path):
+    """The benchmark's members of the new task types: a token classifier from JSONL tokens and tags (each tag on
+    its word's first sub-token, "annas" split in two), and a regressor with one output."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertModel
+
+    from tasks.finetune import finetune
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    BertModel(tiny.bert_config(len(tiny.ner_vocabulary()))).save_pretrained(base)
+    tokenizer = tiny.ner_tokenizer()
+    tokenizer.save_pretrained(base)
+    recipe = dict(base_model=base, epochs=30, lr=3e-3, batch_size=8, seed=0, device="cpu", log=lambda _: None)
+
+    tagged = [(["we", "saw", name, "in", "paris"], ["O", "O", "B-PER", "O", "B-LOC"]) for name in ("anna", "annas", "omar")] * 4
+    out = finetune(tiny.write_jsonl(tmp_path / "ner.jsonl", tagged), tmp_path / "ner", labels=tiny.TAGS, task_type="token_classification", **recipe)
+    model = AutoModelForTokenClassification.from_pretrained(out).eval()
+    enc = tokenizer([w for w, _ in tagged[:3]], is_split_into_words=True, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**enc).logits.argmax(-1)
+    for i, (words, tags) in enumerate(tagged[:3]):
+        first = [j for j, w in enumerate(enc.word_ids(i)) if w is not None and w != (enc.word_ids(i)[j - 1] if j else None)]
+        assert [model.config.id2label[int(predicted[i, j])] for j in first] == tags
+
+    scored = [(f"it was {word}", score) for word, score in (("tasty", 4.5), ("bland", 0.5), ("menu", 2.5))] * 4
+    recipe.update(epochs=60, batch_size=4)  # a one-output head starts at the mean: it needs more steps to spread
+    out = finetune(tiny.write_csv(tmp_path / "scores.csv", scored), tmp_path / "score", labels=(), task_type="regression", **recipe)
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert model.config.num_labels == 1 and json.loads((out / "finetune.json").read_text())["args"]["task_type"] == "regression"
+    with torch.no_grad():
+        predicted = model(**tokenizer([t for t, _ in scored[:3]], padding=True, return_tensors="pt")).logits[:, 0]
+    assert predicted.argsort().tolist() == [1, 2, 0] and torch.allclose(predicted, torch.tensor([4.5, 0.5, 2.5]), atol=1.0)

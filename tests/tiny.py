@@ -60,9 +60,8 @@ def write_csv(path: Path, rows: list[tuple[str, ...]], header: tuple[str, ...] =
 def bert_config(vocab_size: int, labels: tuple[str, ...] | None = None, **head) -> BertConfig:
     """The tiny BERT (2 layers, hidden 32) with a head for these labels, or `head` settings (num_labels=1)."""
     named = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}} if labels else {}
-    return BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, **named, **head
-    )
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
+    return BertConfig(vocab_size=vocab_size, **{**shape, **named, **head})
 
 
 def base_model(seed: int = 0) -> BertForSequenceClassification:
@@ -246,3 +245,80 @@ def build_ner(root: Path, steps: int = 40) -> dict[str, Path | list[Path]]:
     test = {d: write_jsonl(data / f"{d}_test.jsonl", tagged_sentences(d, 40, seed=3)) for d in ("books", "food")}
     test["travel"] = write_conll(data / "travel_test.conll", tagged_sentences("travel", 40, seed=3))
     return {"base": base_dir, "members": members, "dev": dev, "test": test}
+
+
+# -- cross-task: four members of one base, each fine-tuned on another task with its own head ---------------------
+
+ANSWERS = ("no", "yes")
+
+
+def cross_task_model(task: str, seed: int = 0):
+    """A member for `task` over the shared vocabulary: the same body initialisation, the task's own head."""
+    from transformers import BertForTokenClassification
+
+    torch.manual_seed(seed)
+    size = len(ner_vocabulary())
+    if task == "ner":
+        return BertForTokenClassification(bert_config(size, TAGS))
+    if task == "score":
+        return BertForSequenceClassification(bert_config(size, num_labels=1, problem_type="regression"))
+    return BertForSequenceClassification(bert_config(size, LABELS if task == "sentiment" else ANSWERS))
+
+
+def build_cross_task(root: Path, steps: int = 40) -> dict:
+    """A base and four members of it, fine-tuned on four tasks: `sentiment` (3 labels), `qa` (2 labels, question
+    and passage pairs), `score` (regression) and `ner` (5 IOB2 tags); each task's dev and test files."""
+    tok = ner_tokenizer()
+    base_dir = root / "models" / "base"
+    from transformers import BertModel
+
+    torch.manual_seed(0)
+    BertModel(bert_config(len(ner_vocabulary()))).save_pretrained(base_dir)
+    tok.save_pretrained(base_dir)
+
+    def qa_rows(n, seed):
+        return [(q, p, "yes" if label == "positive" else "no") for q, p, label in sentence_pairs("food", n, seed)]
+
+    rows = {
+        "sentiment": lambda n, seed: sentences("books", n, seed) + sentences("travel", n, seed),
+        "qa": qa_rows,
+        "score": lambda n, seed: scored_sentences("food", n, seed),
+        "ner": lambda n, seed: tagged_sentences("books", n, seed) + tagged_sentences("food", n, seed),
+    }
+
+    def encode_batch(task, batch):
+        if task == "ner":
+            enc = tok([w for w, _ in batch], is_split_into_words=True, padding=True, return_tensors="pt")
+            labels = [[TAGS.index(tags[w]) if w is not None and w != p else -100 for p, w in zip([None, *enc.word_ids(i)], enc.word_ids(i))] for i, (_, tags) in enumerate(batch)]
+            return {**enc, "labels": torch.tensor(labels)}
+        if task == "qa":
+            return {**tok([q for q, _, _ in batch], [p for _, p, _ in batch], padding=True, return_tensors="pt"), "labels": torch.tensor([ANSWERS.index(a) for *_, a in batch])}
+        enc = tok([t for t, _ in batch], padding=True, return_tensors="pt")
+        target = [s for _, s in batch] if task == "score" else [LABELS.index(label) for _, label in batch]
+        return {**enc, "labels": torch.tensor(target)}
+
+    members, dev, test, data = [], {}, {}, root / "data"
+    for k, task in enumerate(rows):
+        model, train = cross_task_model(task), rows[task](200, 1)
+        _train(model, lambda step, task=task, train=train: encode_batch(task, [train[(step * 16 + j) % len(train)] for j in range(16)]), steps=steps, seed=k)
+        folder = root / "models" / task
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        members.append(folder)
+        for split, n, seed in (("dev", 24, 2), ("test", 24, 3)):
+            path = data / f"{task}_{split}"
+            if task == "ner":
+                written = write_jsonl(path.with_suffix(".jsonl"), rows[task](n, seed))
+            elif task == "qa":
+                written = write_csv(path.with_suffix(".csv"), rows[task](n, seed), ("question", "passage", "answer"))
+            else:
+                written = write_csv(path.with_suffix(".csv"), rows[task](n, seed), ("text", "score" if task == "score" else "label"))
+            (dev if split == "dev" else test)[task] = written
+    columns = {
+        "sentiment": {},
+        "qa": {"text_column": "question", "text_pair_column": "passage", "label_column": "answer"},
+        "score": {"label_column": "score", "task_type": "regression"},
+        "ner": {"text_column": "tokens", "label_column": "tags", "task_type": "token_classification"},
+    }
+    tasks = [{"name": task, "dev": str(dev[task]), "heldout": {"test": str(test[task])}, "batch_size": 8, **columns[task]} for task in rows]
+    return {"base": base_dir, "members": members, "tasks": tasks}

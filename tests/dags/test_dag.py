@@ -112,3 +112,20 @@ def test_checkpoint_events_name_the_models_to_fuse():
     assert models_from_events([(e.timestamp, e.extra) for e in [event(2, {})]]) is None
     with pytest.raises(ConfigError, match="list of checkpoint names"):
         models_from_events([(datetime.now(timezone.utc), {"models": "ckpt/a"})])
+
+
+def test_a_cross_task_run_on_the_dag_gives_the_cli_result(dag, tiny_cross_task, tmp_path):
+    from tasks.cli import main
+    from tasks.config import EvolverConfig
+    from tests.test_cross_task import _config
+
+    config = _config(tiny_cross_task, tmp_path, merger="average", registered_model=None)
+    conf = EvolverConfig.from_yaml(config).resolved()
+    run = dag.test(run_conf=conf)
+    assert run.state == "success"
+    [summary_file] = (tmp_path / "store").glob("manual*/final/summary.json")
+    from_dag = json.loads(summary_file.read_text())
+    assert main(["run", str(config), "--output", str(tmp_path / "cli"), "--set", f"store={tmp_path / 'cli-store'}"]) == 0
+    from_cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert from_dag["final"]["tasks"] == from_cli["final"]["tasks"]
+    assert from_dag["fused_model_sha256"] == from_cli["fused_model_sha256"]
