@@ -95,13 +95,18 @@ def _write(tmp: Path, seed: int) -> dict:
     )
 
 
+def _assert_identical_folders(a, b):
+    """The same files, byte for byte."""
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
 def test_write_splits_is_reproducible_and_disjoint(tmp_path):
     first = _write(tmp_path / "a", seed=3)
     second = _write(tmp_path / "b", seed=3)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    for rel in files:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    _assert_identical_folders(tmp_path / "a", tmp_path / "b")
     assert first == second == json.loads((tmp_path / "a" / "splits.json").read_text())
 
     root = tmp_path / "a"
@@ -316,10 +321,7 @@ def _keys(task: str, frame: pd.DataFrame) -> set[str]:
 def test_cross_task_splits_are_reproducible_and_disjoint(tmp_path):
     first = _cross(tmp_path / "a", seed=5)
     second = _cross(tmp_path / "b", seed=5)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
-    assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
-    for rel in files:
-        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    _assert_identical_folders(tmp_path / "a", tmp_path / "b")
     assert first == second == json.loads((tmp_path / "a" / "splits.json").read_text())
     assert set(first["paths"]) == set(corpora.CROSS_TASKS)
     # De-duplicated before splitting (101 repeated articles; 99 repeated tweets, 14 of them tagged two ways).
