@@ -14,7 +14,6 @@ complete, and a second call with the same arguments returns at once instead of t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -26,16 +25,10 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
+from tasks.store import sha256_file
+
 RECORD = "finetune.json"
 _LOG_EVERY = 10
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_rows(
@@ -145,7 +138,7 @@ def finetune(
         "warmup": warmup,
         "weight_decay": weight_decay,
         "seed": seed,
-        "train_csv_sha256": _sha256(train_csv),
+        "train_csv_sha256": sha256_file(train_csv),
     }
     if text_pair_column is not None:  # only then: single-text checkpoints made before it stay up to date
         args["text_pair_column"] = text_pair_column
