@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
+from tasks.taskpool.tokens import align  # each word's tag on its first sub-token, as the task pool scores it
+
 LABELS = ("negative", "neutral", "positive")
 DOMAIN_WORDS = {
     "books": {"negative": ["boring", "dull"], "neutral": ["novel", "chapter"], "positive": ["gripping", "moving"]},
@@ -235,8 +237,7 @@ def build_ner(root: Path, steps: int = 40) -> dict[str, Path | list[Path]]:
 
     def encode_batch(batch):
         enc = tok([w for w, _ in batch], is_split_into_words=True, padding=True, return_tensors="pt")
-        first = [[w is not None and w != p for p, w in zip([None, *enc.word_ids(i)], enc.word_ids(i))] for i in range(len(batch))]
-        labels = [[TAGS.index(tags[w]) if f else -100 for f, w in zip(firsts, enc.word_ids(i))] for i, ((_, tags), firsts) in enumerate(zip(batch, first))]
+        labels = [align(enc.word_ids(i), [TAGS.index(t) for t in tags]) for i, (_, tags) in enumerate(batch)]
         return {**enc, "labels": torch.tensor(labels)}
 
     base_dir, members = _build_members(root, tok, ner_model, lambda d: tagged_sentences(d, 200, seed=1), encode_batch, steps)
@@ -289,7 +290,7 @@ def build_cross_task(root: Path, steps: int = 40) -> dict:
     def encode_batch(task, batch):
         if task == "ner":
             enc = tok([w for w, _ in batch], is_split_into_words=True, padding=True, return_tensors="pt")
-            labels = [[TAGS.index(tags[w]) if w is not None and w != p else -100 for p, w in zip([None, *enc.word_ids(i)], enc.word_ids(i))] for i, (_, tags) in enumerate(batch)]
+            labels = [align(enc.word_ids(i), [TAGS.index(t) for t in tags]) for i, (_, tags) in enumerate(batch)]
             return {**enc, "labels": torch.tensor(labels)}
         if task == "qa":
             return {**tok([q for q, _, _ in batch], [p for _, p, _ in batch], padding=True, return_tensors="pt"), "labels": torch.tensor([ANSWERS.index(a) for *_, a in batch])}
