@@ -13,6 +13,8 @@ Three implementations compute the same bits and the same offspring (`tests/test_
 - `offspring_torch`: torch integer ops on any device; the specification, and the fallback.
 - `offspring_numba`: one fused, multi-threaded loop on the CPU (reads x_i and x_r once, writes once).
 - `offspring_triton`: one fused kernel on CUDA, so no mask goes through host memory.
+`offspring_many` takes a whole model's tensors at once: on CUDA one Triton launch for all of them
+(`offspring_many_triton`), since launching per tensor costs more than the kernel for a model's small tensors.
 The float part is the same three IEEE operations everywhere, v = x_i + F (x_r - x_i) in float32 with no
 fused multiply-add, so an offspring is bit-identical on every implementation and device.
 
@@ -75,14 +77,16 @@ def mask(numel: int, key: int, CR: float, device: torch.device | str = "cpu") ->
     return uniform_bits(key, 0, numel, device) < threshold(CR)
 
 
-def _output(target: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """Where an offspring goes, flat: a new tensor, or `out` (any shape, the target's size and dtype, contiguous),
-    which a caller reuses from tensor to tensor to skip the allocation and its page faults."""
+def _output(target: torch.Tensor, out: torch.Tensor | None, flat: bool = True) -> torch.Tensor:
+    """Where an offspring goes, flat or in the target's shape: a new tensor, or `out` (any shape, the target's size
+    and dtype, contiguous), which a caller reuses from tensor to tensor to skip the allocation and its page faults."""
     if out is None:
-        return torch.empty(target.numel(), dtype=target.dtype, device=target.device)
+        return torch.empty(target.numel() if flat else target.shape, dtype=target.dtype, device=target.device)
     if out.numel() != target.numel() or out.dtype != target.dtype or out.device != target.device or not out.is_contiguous():
         raise ValueError(f"out: {out.numel()} {out.dtype} on {out.device} for a target of {target.numel()} {target.dtype} on {target.device}")
-    return out.view(-1)
+    if flat:
+        return out.view(-1)
+    return out if out.shape == target.shape else out.view(target.shape)
 
 
 def offspring_torch(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: float, key: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -205,6 +209,111 @@ def offspring_triton(
     return out.view(target.shape)
 
 
+# -- CUDA, a whole model at once: one Triton launch over a table of tensors -------------------------
+
+
+# A row of the multi-tensor kernel's table, int64 words.
+TABLE_ORDER = ("x_i address", "x_r address", "output address", "numel", "key word 0", "key word 1")
+# The element types the multi-tensor kernel reads and writes (by the same names in triton.language).
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _outputs_for(targets: list, references: list, keys: list, outs: list | None) -> list:
+    """`outs` as a list, one per target (None: allocate), after checking that the lists pair up."""
+    outs = [None] * len(targets) if outs is None else list(outs)
+    if not len(targets) == len(references) == len(keys) == len(outs):
+        raise ValueError(f"{len(targets)} targets, {len(references)} references, {len(keys)} keys, {len(outs)} outputs")
+    return outs
+
+
+@functools.lru_cache(maxsize=16)
+def _block_map(numels: tuple[int, ...], block: int, device: torch.device) -> torch.Tensor:
+    """Per program of the multi-tensor kernel, (tensor index, block index within that tensor) as int32 on the
+    device. It depends on the sizes alone, so a model's map is built and copied once and serves every offspring."""
+    import numpy as np
+
+    blocks = np.array([-(-n // block) for n in numels], dtype=np.int64)
+    if blocks.max(initial=0) >= 1 << 31:
+        raise ValueError(f"a tensor of {max(numels)} coordinates has more than 2^31 blocks of {block}")
+    tensor = np.repeat(np.arange(len(numels), dtype=np.int32), blocks)
+    first_program = np.repeat(np.cumsum(blocks) - blocks, blocks)
+    block_in_tensor = (np.arange(int(blocks.sum())) - first_program).astype(np.int32)
+    return torch.from_numpy(np.stack([tensor, block_in_tensor], axis=1)).to(device)
+
+
+def _tensor_table(targets: list[torch.Tensor], references: list[torch.Tensor], outs: list[torch.Tensor], keys: list[int]) -> tuple[torch.Tensor, bool]:
+    """The kernel's per-tensor rows (in TABLE_ORDER), built on the host and sent in one copy, and whether every
+    address in them is a multiple of 16 bytes (the kernel's vector loads need that)."""
+    import numpy as np
+
+    # The kernel gets bare addresses, which keep nothing alive; torch's allocator hands freed memory only to work
+    # queued behind the kernel on the same stream, so the tensors need outlive only the launch.
+    rows = [(x.data_ptr(), r.data_ptr(), o.data_ptr(), x.numel(), key & U32, (key >> 32) & U32) for x, r, o, key in zip(targets, references, outs, keys)]
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), len(TABLE_ORDER))
+    aligned = not (table[:, :3] % 16).any()
+    device = targets[0].device
+    if device.type != "cuda":  # the Triton interpreter, which reads host memory
+        return torch.from_numpy(table), aligned
+    # From pinned memory the copy is queued behind the device's work instead of waiting for it; torch's host
+    # allocator keeps the pinned page until the copy has run.
+    return torch.from_numpy(table).pin_memory().to(device, non_blocking=True), aligned
+
+
+def offspring_many_triton(
+    targets: list[torch.Tensor],
+    references: list[torch.Tensor],
+    *,
+    F: float,
+    CR: float,
+    keys: list[int],
+    outs: list[torch.Tensor | None] | None = None,
+    block: int = 2048,
+    num_warps: int = 16,
+) -> list[torch.Tensor]:
+    """`offspring_triton` of every tensor in one launch per (target dtype, reference dtype): floating-point tensors
+    on one CUDA device (or on the CPU under TRITON_INTERPRET=1)."""
+    import triton.language as tl
+
+    from tasks.crossover_triton import offspring_many_kernel
+
+    outs = _outputs_for(targets, references, keys, outs)
+    # Only addresses and sizes reach the kernel, so nothing is reshaped: at a model's hundreds of tensors the host's
+    # microseconds per tensor add up to more than the kernel's time.
+    parents_i, parents_r, children = [], [], []
+    device = targets[0].device if targets else None
+    for target, reference, out in zip(targets, references, outs):
+        if target.shape != reference.shape or target.device != device or reference.device != device:
+            raise ValueError(f"target {tuple(target.shape)} on {target.device}, reference {tuple(reference.shape)} on {reference.device}: "
+                             f"expected the same shape, all on {device}")
+        if target.dtype not in TRITON_DTYPES or reference.dtype not in TRITON_DTYPES:
+            raise ValueError(f"the multi-tensor kernel takes {', '.join(map(str, TRITON_DTYPES))}, not {target.dtype} and {reference.dtype}")
+        # Copies of non-contiguous parents live in these lists until the launch has been queued, which is enough:
+        # their memory goes back to the same stream, behind the kernel.
+        parents_i.append(target if target.is_contiguous() else target.contiguous())
+        parents_r.append(reference if reference.is_contiguous() else reference.contiguous())
+        children.append(_output(target, out, flat=False))
+
+    groups: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+    for i, (x, r) in enumerate(zip(parents_i, parents_r)):
+        groups.setdefault((x.dtype, r.dtype), []).append(i)
+    limit = threshold(CR)
+    for (x_dtype, r_dtype), members in groups.items():
+        numels = tuple(parents_i[i].numel() for i in members)
+        if not sum(numels):
+            continue
+        blocks = _block_map(numels, block, device)
+        table, aligned = _tensor_table(
+            [parents_i[i] for i in members], [parents_r[i] for i in members], [children[i] for i in members], [keys[i] for i in members]
+        )
+        element = {dtype: getattr(tl, str(dtype).removeprefix("torch.")) for dtype in (x_dtype, r_dtype)}  # tl.bfloat16, ...
+        # enable_fp_fusion=False keeps a + F * (b - a) as three rounded operations, as on the CPU.
+        offspring_many_kernel[(blocks.shape[0],)](
+            table, blocks, float(F), limit, X_I=element[x_dtype], X_R=element[r_dtype], OUT=element[x_dtype], ALIGNED=aligned,
+            BLOCK=block, num_warps=num_warps, enable_fp_fusion=False,
+        )
+    return children
+
+
 # -- dispatch -----------------------------------------------------------------------------------------
 
 # EVOLVER_CROSSOVER_KERNEL=torch forces the specification (for a check, or where numba/triton misbehave).
@@ -233,3 +342,23 @@ def offspring(target: torch.Tensor, reference: torch.Tensor, *, F: float, CR: fl
     if kernel == "triton" and target.is_floating_point():
         return offspring_triton(target, reference, F=F, CR=CR, key=key, out=out)
     return offspring_torch(target, reference, F=F, CR=CR, key=key, out=out)
+
+
+def offspring_many(
+    targets: list[torch.Tensor], references: list[torch.Tensor], *, F: float, CR: float, keys: list[int], outs: list[torch.Tensor | None] | None = None
+) -> list[torch.Tensor]:
+    """`offspring` of each (target, reference, key), the same bits: on CUDA with Triton, one launch for all
+    floating-point tensors of a dtype (`offspring_many_triton`); elsewhere, and for other dtypes, tensor by tensor."""
+    outs = _outputs_for(targets, references, keys, outs)
+    children: list[torch.Tensor | None] = [None] * len(targets)
+    if targets and kernel_for(targets[0].device) == "triton":
+        fused = [i for i, (t, r) in enumerate(zip(targets, references)) if t.dtype in TRITON_DTYPES and r.dtype in TRITON_DTYPES]
+        fused_children = offspring_many_triton(
+            [targets[i] for i in fused], [references[i] for i in fused], F=F, CR=CR, keys=[keys[i] for i in fused], outs=[outs[i] for i in fused]
+        )
+        for i, child in zip(fused, fused_children):
+            children[i] = child
+    for i, child in enumerate(children):
+        if child is None:
+            children[i] = offspring(targets[i], references[i], F=F, CR=CR, key=keys[i], out=outs[i])
+    return children

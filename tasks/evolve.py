@@ -64,6 +64,11 @@ def choose_reference(
     return max(others, key=lambda j: (fitness[j], -j))
 
 
+def _check_shapes(name: str, target: torch.Tensor, reference: torch.Tensor) -> None:
+    if target.shape != reference.shape:
+        raise ValueError(f"{name}: target shape {tuple(target.shape)} != reference shape {tuple(reference.shape)}")
+
+
 def offspring_tensor(
     target: torch.Tensor,
     reference: torch.Tensor,
@@ -79,8 +84,7 @@ def offspring_tensor(
 ) -> torch.Tensor:
     """Mutation then per-coordinate crossover for one tensor: a new tensor (never a view of the parent), or, with
     the counter stream, written into `out` (a buffer the caller reuses)."""
-    if target.shape != reference.shape:
-        raise ValueError(f"{name}: target shape {tuple(target.shape)} != reference shape {tuple(reference.shape)}")
+    _check_shapes(name, target, reference)
     if stream == "counter":
         from tasks import crossover
 
@@ -95,6 +99,35 @@ def offspring_tensor(
     mutant = x_i + F * (reference.float() - x_i)
     mask = torch.rand(target.shape, generator=_generator(seed, generation, individual, name)) < CR
     return torch.where(mask.to(target.device), mutant, x_i).to(target.dtype)
+
+
+def offspring_tensors(
+    targets: dict[str, torch.Tensor],
+    references: dict[str, torch.Tensor],
+    *,
+    F: float,
+    CR: float,
+    seed: int,
+    generation: int,
+    individual: int,
+    outs: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """`offspring_tensor` of every tensor of a model at once, with the counter stream and the same bits: on CUDA one
+    kernel launch for them all (`crossover.offspring_many`), where a launch per tensor costs more than the kernel."""
+    from tasks import crossover
+
+    names = list(targets)
+    for name in names:
+        _check_shapes(name, targets[name], references[name])
+    children = crossover.offspring_many(
+        [targets[n] for n in names],
+        [references[n] for n in names],
+        F=F,
+        CR=CR,
+        keys=[derive_seed(seed, generation, individual, n) for n in names],
+        outs=None if outs is None else [outs[n] for n in names],
+    )
+    return dict(zip(names, children))
 
 
 # -- selection ------------------------------------------------------------------------------------
