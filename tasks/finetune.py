@@ -32,7 +32,12 @@ _LOG_EVERY = 10
 
 
 def _read_rows(
-    train_csv: Path, label2id: dict[str, int], pair_column: str | None = None, task_type: str = "sequence_classification"
+    train_csv: Path,
+    label2id: dict[str, int],
+    pair_column: str | None = None,
+    task_type: str = "sequence_classification",
+    text_column: str = "text",
+    label_column: str = "label",
 ) -> tuple[list, list[str] | None, list]:
     """Texts (word lists for token classification), second texts, and targets: label ids, numbers (regression)
     or tag id lists."""
@@ -46,18 +51,18 @@ def _read_rows(
         return [row["tokens"] for row in rows], None, [[label2id[t] for t in row["tags"]] for row in rows]
     # dtype=str and no NA parsing: a text such as "NA" stays text, and label names stay names.
     table = pd.read_csv(train_csv, dtype=str, keep_default_na=False)
-    missing = {"text", "label", *([pair_column] if pair_column else [])} - set(table.columns)
+    missing = {text_column, label_column, *([pair_column] if pair_column else [])} - set(table.columns)
     if missing:
         raise ValueError(f"{train_csv}: missing column(s) {sorted(missing)}; it has {list(table.columns)}")
     if table.empty:
         raise ValueError(f"{train_csv}: no rows")
     pairs = table[pair_column].tolist() if pair_column else None
     if task_type == "regression":
-        return table["text"].tolist(), pairs, [float(v) for v in table["label"]]
-    unknown = sorted(set(table["label"]) - set(label2id))
+        return table[text_column].tolist(), pairs, [float(v) for v in table[label_column]]
+    unknown = sorted(set(table[label_column]) - set(label2id))
     if unknown:
         raise ValueError(f"{train_csv}: labels {unknown[:10]} are not among {sorted(label2id)}")
-    return table["text"].tolist(), pairs, [label2id[label] for label in table["label"]]
+    return table[text_column].tolist(), pairs, [label2id[label] for label in table[label_column]]
 
 
 def _batch(tokenizer, texts: list, pairs: list[str] | None, targets: list, rows: list[int], max_length: int, task_type: str) -> dict:
@@ -82,13 +87,40 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def _optimizer(parameters, lr: float, weight_decay: float) -> torch.optim.AdamW:
     # The usual BERT recipe: no weight decay on biases and LayerNorm weights (decaying them only hurts).
     decay, no_decay = [], []
-    for param in model.parameters():
+    for param in parameters:
         (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr)
+
+
+def _train_step(model: torch.nn.Module, batch: dict, dev: torch.device, optimizer, scheduler) -> float:
+    """One optimisation step on one batch; its loss."""
+    loss = model(**{name: tensor.to(dev) for name, tensor in batch.items()}).loss
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def _progress(log, window: list[float], epoch: int, epochs: int, step: int, total: int, started: float) -> list[float]:
+    """Log the mean loss every _LOG_EVERY steps (and at the last); the window of losses still to log."""
+    if step % _LOG_EVERY and step != total:
+        return window
+    log(f"  epoch {epoch}/{epochs} step {step}/{total} loss {sum(window) / len(window):.4f} ({time.perf_counter() - started:.0f}s)")
+    return []
+
+
+def _partial_folder(out_dir: Path) -> Path:
+    """An empty sibling of out_dir to save into; what a crashed run left there is cleared."""
+    tmp = out_dir.with_name(f".{out_dir.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def _replace_folder(tmp: Path, out_dir: Path) -> None:
@@ -117,11 +149,14 @@ def finetune(
     device: str = "auto",
     text_pair_column: str | None = None,
     task_type: str = "sequence_classification",
+    text_column: str = "text",
+    label_column: str = "label",
     log: Callable[[str], object] = print,
 ) -> Path:
-    """Fine-tune base_model on train_csv (columns text, label, and the second text of a sentence-pair task in
-    `text_pair_column`, encoded as the task pool encodes pairs; for token classification a JSONL file of tokens
-    and tags) and save it with its tokenizer to out_dir. `labels`: the label or tag names (none for regression).
+    """Fine-tune base_model on train_csv (columns `text_column`, `label_column`, and the second text of a
+    sentence-pair task in `text_pair_column`, encoded as the task pool encodes pairs; for token classification a
+    JSONL file of tokens and tags) and save it with its tokenizer to out_dir. `labels`: the label or tag names
+    (none for regression).
 
     Returns out_dir. If out_dir already holds a checkpoint made with the same arguments from a training file
     with the same content, nothing is trained. `device` is not part of that identity: it changes speed, not
@@ -144,13 +179,15 @@ def finetune(
         args["text_pair_column"] = text_pair_column
     if task_type != "sequence_classification":  # likewise
         args["task_type"] = task_type
+    if (text_column, label_column) != ("text", "label"):  # likewise
+        args.update(text_column=text_column, label_column=label_column)
     record_path = out_dir / RECORD
     if record_path.is_file() and json.loads(record_path.read_text()).get("args") == args:
         log(f"{out_dir}: up to date, not fine-tuning again")
         return out_dir
 
     label2id = {label: i for i, label in enumerate(labels)}
-    texts, pairs, targets = _read_rows(train_csv, label2id, text_pair_column, task_type)
+    texts, pairs, targets = _read_rows(train_csv, label2id, text_pair_column, task_type, text_column, label_column)
     dev = _resolve_device(device)
     set_seed(seed)  # python, numpy and torch (CPU and CUDA): the new classifier head and dropout draw from it
     tokenizer = AutoTokenizer.from_pretrained(base_model)
@@ -158,7 +195,7 @@ def finetune(
 
     head = {"num_labels": 1, "problem_type": "regression"} if task_type == "regression" else {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
     model = auto_class(task_type).from_pretrained(base_model, **head).to(dev)
-    optimizer = _optimizer(model, lr, weight_decay)
+    optimizer = _optimizer(model.parameters(), lr, weight_decay)
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = steps_per_epoch * epochs
     scheduler = get_linear_schedule_with_warmup(
@@ -174,27 +211,14 @@ def finetune(
         order = torch.randperm(len(texts), generator=order_rng).tolist()
         for begin in range(0, len(order), batch_size):
             batch = _batch(tokenizer, texts, pairs, targets, order[begin : begin + batch_size], max_length, task_type)
-            loss = model(**{name: tensor.to(dev) for name, tensor in batch.items()}).loss
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            window.append(_train_step(model, batch, dev, optimizer, scheduler))
             step += 1
-            window.append(loss.item())
-            if step % _LOG_EVERY == 0 or step == total:
-                log(
-                    f"  epoch {epoch}/{epochs} step {step}/{total} loss {sum(window) / len(window):.4f} "
-                    f"({time.perf_counter() - started:.0f}s)"
-                )
-                window = []
+            window = _progress(log, window, epoch, epochs, step, total, started)
     seconds = time.perf_counter() - started
 
     # Everything goes to a sibling temporary folder first; the record is its last file, and the rename
     # publishes the whole checkpoint at once. A crash leaves only the temporary folder, cleared next time.
-    tmp = out_dir.with_name(f".{out_dir.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _partial_folder(out_dir)
     model.eval()
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -203,3 +227,108 @@ def finetune(
     _replace_folder(tmp, out_dir)
     log(f"saved {out_dir} ({seconds:.0f}s)")
     return out_dir
+
+
+def finetune_multitask(
+    tasks: Sequence[dict],
+    out_dir: Path,
+    *,
+    base_model: Path,
+    epochs: int = 4,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+    warmup: float = 0.1,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    device: str = "auto",
+    log: Callable[[str], object] = print,
+) -> Path:
+    """Fine-tune one body with one head per task, jointly: the multi-task upper bound of a cross-task fusion.
+
+    `tasks`: dicts with `name`, `train` (a training file as `finetune` reads it), `labels`, `task_type`,
+    `max_length` and optionally `text_pair_column`, `text_column`, `label_column`. Every task's model is built
+    from base_model with its own head; the modules directly under the body (`bert.embeddings`, `bert.encoder`,
+    ...) that every task's model has are then one shared object, so they get every task's gradients, while the rest (the heads, and BERT's
+    pooler, which token classifiers lack) stays each task's own. An epoch is every task's batches, shuffled
+    together; each step is one task's batch and loss. Saves out_dir/<name>/ per task (shared body plus that
+    task's head, loadable with the task's Auto class) and, last, out_dir/finetune.json; cached like `finetune`.
+    """
+    from tasks.modelpool import auto_class
+
+    out_dir, base_model = Path(out_dir), Path(base_model)
+    specs = [{**t, "train": Path(t["train"])} for t in tasks]
+    args = {
+        "base_model": str(base_model.resolve()),
+        "tasks": [
+            {**{k: v for k, v in t.items() if k != "train"}, "labels": list(t["labels"]), "train_sha256": sha256_file(t["train"])}
+            for t in specs
+        ],
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "warmup": warmup,
+        "weight_decay": weight_decay,
+        "seed": seed,
+    }
+    record_path = out_dir / RECORD
+    if record_path.is_file() and json.loads(record_path.read_text()).get("args") == args:
+        log(f"{out_dir}: up to date, not fine-tuning again")
+        return out_dir
+
+    dev = _resolve_device(device)
+    set_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    models, rows = [], []
+    for t in specs:
+        label2id = {label: i for i, label in enumerate(t["labels"])}
+        rows.append(_read_rows(t["train"], label2id, t.get("text_pair_column"), t["task_type"], t.get("text_column", "text"), t.get("label_column", "label")))
+        head = (
+            {"num_labels": 1, "problem_type": "regression"}
+            if t["task_type"] == "regression"
+            else {"num_labels": len(t["labels"]), "id2label": dict(enumerate(t["labels"])), "label2id": label2id}
+        )
+        models.append(auto_class(t["task_type"]).from_pretrained(base_model, **head).to(dev))
+    bodies = [getattr(m, m.base_model_prefix) for m in models]
+    # named_children skips a child set to None, as BERT's pooler is in a token classifier.
+    shared = [name for name, _ in bodies[0].named_children() if all(name in dict(b.named_children()) for b in bodies)]
+    for body in bodies[1:]:
+        for name in shared:
+            setattr(body, name, getattr(bodies[0], name))
+    parameters = {id(p): p for m in models for p in m.parameters()}  # the shared body once
+    optimizer = _optimizer(parameters.values(), lr, weight_decay)
+    order_rng = torch.Generator().manual_seed(seed)
+    per_epoch = sum(math.ceil(len(texts) / batch_size) for texts, _, _ in rows)
+    total = per_epoch * epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=int(warmup * total), num_training_steps=total)
+    names = ", ".join(f"{t['name']} ({len(r[0])} rows)" for t, r in zip(specs, rows))
+    log(f"fine-tuning {base_model} jointly on {names} (shared: {', '.join(shared)}; {epochs} epochs, {total} steps) on {dev}")
+
+    started = time.perf_counter()
+    for m in models:
+        m.train()
+    step, window = 0, []
+    for epoch in range(1, epochs + 1):
+        batches = []
+        for k, (texts, _, _) in enumerate(rows):
+            order = torch.randperm(len(texts), generator=order_rng).tolist()
+            batches += [(k, order[b : b + batch_size]) for b in range(0, len(order), batch_size)]
+        for i in torch.randperm(len(batches), generator=order_rng).tolist():
+            k, chosen = batches[i]
+            texts, pairs, targets = rows[k]
+            batch = _batch(tokenizer, texts, pairs, targets, chosen, specs[k]["max_length"], specs[k]["task_type"])
+            window.append(_train_step(models[k], batch, dev, optimizer, scheduler))
+            step += 1
+            window = _progress(log, window, epoch, epochs, step, total, started)
+    seconds = time.perf_counter() - started
+
+    tmp = _partial_folder(out_dir)
+    for t, m in zip(specs, models):
+        m.eval()
+        m.save_pretrained(tmp / t["name"])
+        tokenizer.save_pretrained(tmp / t["name"])
+    result = {"rows": {t["name"]: len(r[0]) for t, r in zip(specs, rows)}, "steps": total, "seconds": round(seconds, 1), "device": str(dev), "shared": shared}
+    (tmp / RECORD).write_text(json.dumps({"args": args, "result": result}, indent=2, sort_keys=True) + "\n")
+    _replace_folder(tmp, out_dir)
+    log(f"saved {out_dir} ({seconds:.0f}s)")
+    return out_dir
+

@@ -256,3 +256,101 @@ def test_held_out_domain_guard_moves_the_last_dev_domain_to_validation():
     resolved = EvolverConfig.model_validate(guarded)
     assert resolved.data.dev_sources == dev[:2] and resolved.data.validation_sources == dev[2:]
     assert resolved.validation_tolerance == 0.0 and conf["data"]["dev"] == dev  # the template is left alone
+
+
+# -- the cross-task setting (bench/cross_task.py) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cross_task(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cross-task")
+    results = workdir / "results"
+    command = [sys.executable, "-m", "bench.run", "--setting", "cross-task", "--quick", "--workdir", str(workdir), "--results", str(results)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"workdir": workdir, "results": results, "data": json.loads((results / "cross-task-quick.json").read_text())}
+
+
+def test_cross_task_runs_every_row_of_every_fusion_for_every_seed(cross_task):
+    from bench import cross_task as ct
+
+    data = cross_task["data"]
+    sizes, seeds = data["sizes"], [str(s) for s in data["sizes"]["seeds"]]
+    assert data["complete"] and data["setting"] == "cross-task" and len(seeds) >= 2
+    expected_fusions = ct.fusions(sizes)
+    assert list(data["fusions"]) == [ct.fusion_name(f) for f in expected_fusions] and len(expected_fusions[-1]) == len(sizes["tasks"])
+    for fusion in expected_fusions:
+        entry = data["fusions"][ct.fusion_name(fusion)]
+        kind = ct.kind_of(fusion, sizes)
+        rows = {ct.INDIVIDUAL, ct.MULTITASK, *sizes["mergers"], *[f"Evolver + {m}" for m in sizes["evolver"][kind]]}
+        assert set(entry["rows"]) == rows
+        for name, row in entry["rows"].items():
+            assert sorted(row["per_seed"]) == sorted(seeds), name
+            for values in row["per_seed"].values():
+                assert set(values["tasks"]) == set(fusion)
+                assert values["test_mean"] == pytest.approx(sum(v["test"] for v in values["tasks"].values()) / len(fusion), abs=1e-12)
+            assert row["summary"]["test_mean"]["n"] == len(seeds)
+            if not row["seeded"]:  # run once: every seed repeats its numbers
+                assert len({json.dumps(v, sort_keys=True) for v in row["per_seed"].values()}) == 1, name
+
+
+def test_cross_task_evolver_never_ends_below_the_merge_it_runs_inside(cross_task):
+    for fusion, entry in cross_task["data"]["fusions"].items():
+        for name, row in entry["rows"].items():
+            if not name.startswith("Evolver + "):
+                continue
+            merge = entry["rows"][name.removeprefix("Evolver + ")]
+            for seed, values in row["per_seed"].items():
+                assert values["curve"] == sorted(values["curve"]), (fusion, name, seed)
+                assert values["curve"][0] == merge["per_seed"][seed]["fitness"] and values["fitness"] >= values["curve"][0]
+                assert values["dev_mean"] == pytest.approx(values["fitness"], abs=1e-12)  # fitness is the mean of the tasks' dev metrics
+
+
+def test_cross_task_individual_row_is_each_member_on_its_own_task(cross_task):
+    """Recomputed outside the pipeline: each fine-tuned member, loaded with transformers and scored by the task
+    pool on its task's test split, gives the individual row's number, in every fusion that has the task."""
+    from transformers import AutoTokenizer
+
+    from bench import cross_task as ct
+    from tasks import modelpool, taskpool
+
+    data = cross_task["data"]
+    for name, task in data["population"]["tasks"].items():
+        spec = ct.TASKS[name]
+        folder = Path(data["population"]["members"][name]["folder"])
+        model = modelpool.auto_class(spec["task_type"]).from_pretrained(folder).eval()
+        label2id, num_labels = modelpool.labels(folder)
+        columns = {k: spec[k] for k in ("text_column", "text_pair_column", "label_column") if k in spec}
+        encoded = taskpool.encode(
+            task["test"], tokenizer=AutoTokenizer.from_pretrained(folder), label2id=label2id, num_labels=num_labels,
+            max_length=spec["max_length"], task_type=spec["task_type"], **{"text_column": "text", "label_column": "label", **columns},
+        )
+        kind = taskpool.task(spec["task_type"], label2id)
+        stats = kind.score(model, encoded, range(len(encoded["lengths"])), batch_size=64, num_labels=num_labels)[0]
+        expected = kind.metrics(stats)[spec["metric"]]
+        scored = [f["rows"][ct.INDIVIDUAL]["per_seed"]["1"]["tasks"][name]["test"] for f in data["fusions"].values() if name in f["tasks"]]
+        assert scored and all(s == pytest.approx(expected, abs=1e-12) for s in scored), name
+
+
+def test_cross_task_results_render_every_fusion(cross_task):
+    markdown = (cross_task["results"] / "cross-task-quick.md").read_text()
+    for fusion in cross_task["data"]["fusions"]:
+        assert f"## {fusion}\n" in markdown
+    assert "| multi-task * |" in markdown and "PARTIAL" not in markdown
+
+
+def test_cross_task_resume_keeps_every_finished_run(cross_task, tmp_path):
+    """--resume on a finished benchmark reruns nothing and keeps every number, references in every fusion too."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(cross_task["results"], results)
+    command = [sys.executable, "-m", "bench.run", "--setting", "cross-task", "--quick", "--resume", "--workdir", str(cross_task["workdir"]), "--results", str(results)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert " 0 pipeline runs on " in done.stdout
+    before, after = cross_task["data"], json.loads((results / "cross-task-quick.json").read_text())
+    for fusion, entry in before["fusions"].items():
+        assert {r: v["per_seed"] for r, v in after["fusions"][fusion]["rows"].items()} == {r: v["per_seed"] for r, v in entry["rows"].items()}, fusion
+    assert after["complete"] and after["invocations"][0]["started"] == before["started"] and after["wall_s"] >= before["wall_s"]
+    assert after["discarded"] == {} and "Resumed (`--resume`)" in (results / "cross-task-quick.md").read_text()

@@ -123,3 +123,43 @@ def test_bad_cross_task_configs_fail_before_compute_naming_the_task(tiny_cross_t
 
     BertForTokenClassification(tiny.bert_config(len(tiny.ner_vocabulary()), tiny.TAGS, intermediate_size=48)).save_pretrained(wide)
     fails("bodies", IncompatibleCheckpoints, r"task ner \(.*wide\): its body differs .*intermediate_size 48(.|\n)*intermediate.dense.weight", models=[*raw["models"][:3], str(wide)])
+
+
+def test_the_multitask_reference_trains_one_body_with_a_head_per_task(tiny_cross_task, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from tasks.finetune import RECORD, finetune_multitask
+
+    population = tiny_cross_task
+    columns = {t["name"]: t for t in population["tasks"]}
+    labels = {"sentiment": tiny.LABELS, "qa": tiny.ANSWERS, "score": (), "ner": tiny.TAGS}
+    specs = [
+        {
+            "name": name,
+            "train": columns[name]["dev"],  # any labelled file will do: this checks the mechanics, not a score
+            "labels": list(labels[name]),
+            "task_type": columns[name].get("task_type", "sequence_classification"),
+            "max_length": 32,
+            **{k: columns[name][k] for k in ("text_column", "text_pair_column", "label_column") if k in columns[name] and name != "ner"},
+        }
+        for name in labels
+    ]
+    out = tmp_path / "joint"
+    lines = []
+    finetune_multitask(specs, out, base_model=population["base"], epochs=1, batch_size=8, seed=3, log=lines.append)
+    assert "shared: embeddings, encoder;" in "\n".join(lines)  # the pooler: sequence heads have one, NER has none
+    saved = {name: load_file(out / name / "model.safetensors") for name in labels}
+    base = {f"bert.{n}": t for n, t in load_file(population["base"] / "model.safetensors").items()}
+    body = [n for n in saved["ner"] if n.startswith(("bert.embeddings.", "bert.encoder."))]
+    assert body and all(torch.equal(saved[name][n], saved["ner"][n]) for name in labels for n in body)
+    assert any(not torch.equal(saved["ner"][n], base[n]) for n in body)  # trained, by every task
+    assert "bert.pooler.dense.weight" not in saved["ner"]
+    assert not torch.equal(saved["sentiment"]["bert.pooler.dense.weight"], saved["qa"]["bert.pooler.dense.weight"])
+    # Each task's folder loads as that task's model, with its own head.
+    assert AutoModelForSequenceClassification.from_pretrained(out / "qa").num_labels == 2
+    assert AutoModelForSequenceClassification.from_pretrained(out / "score").config.problem_type == "regression"
+    assert AutoModelForTokenClassification.from_pretrained(out / "ner").num_labels == len(tiny.TAGS)
+    # The same arguments again: nothing is trained.
+    stamp = (out / RECORD).stat().st_mtime_ns
+    finetune_multitask(specs, out, base_model=population["base"], epochs=1, batch_size=8, seed=3, log=lines.append)
+    assert lines[-1].endswith("up to date, not fine-tuning again") and (out / RECORD).stat().st_mtime_ns == stamp
