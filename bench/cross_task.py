@@ -457,7 +457,10 @@ def summarise(result: dict[str, Any]) -> None:
 def _order(rows: list[str]) -> list[str]:
     first = [r for r in (INDIVIDUAL,) if r in rows]
     last = [r for r in (MULTITASK,) if r in rows]
-    merges = [r for r in rows if r not in first + last and not r.startswith("Evolver")]
+    from tasks.merge.registry import MERGER_NAMES
+
+    # The registry's order, whichever run finished first.
+    merges = sorted((r for r in rows if r not in first + last and not r.startswith("Evolver")), key=lambda r: (MERGER_NAMES.index(r) if r in MERGER_NAMES else len(MERGER_NAMES), r))
     evolved = [f"Evolver + {m}" for m in merges if f"Evolver + {m}" in rows]
     return first + [x for m in merges for x in (m, f"Evolver + {m}") if x in rows] + [r for r in rows if r.startswith("Evolver") and r not in evolved] + last
 
@@ -493,7 +496,8 @@ def markdown(result: dict[str, Any]) -> str:
         "## Pairs and all tasks at a glance (test mean; gain = Evolver + M minus M, paired by seed)",
         "",
     ]
-    names = list(result["fusions"])
+    # The variant's order (pairs, then all tasks), not the JSON's sorted keys.
+    names = sorted(result["fusions"], key=[fusion_name(f) for f in fusions(result["sizes"])].index)
     all_rows = _order(list(dict.fromkeys(r for f in result["fusions"].values() for r in f["rows"])))
     lines += ["| row | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for row in all_rows:
@@ -508,8 +512,9 @@ def markdown(result: dict[str, Any]) -> str:
                 cell += f" ({entry['gain']['test_mean']['mean']:+.3f})"
             cells.append(cell)
         lines.append(f"| {row}{'' if _seeded_row(result, row) else ' *'} | " + " | ".join(cells) + " |")
-    for fusion_label, fusion in result["fusions"].items():
-        tasks = fusion["tasks"]
+    for fusion_label in names:
+        tasks = result["fusions"][fusion_label]["tasks"]
+        fusion = result["fusions"][fusion_label]
         lines += ["", f"## {fusion_label}", "", "| row | " + " | ".join(tasks) + " | mean | dev mean | gain (test) | gain (dev) | wall s |", "|---|" + "---|" * (len(tasks) + 5)]
         for row in _order(list(fusion["rows"])):
             entry = fusion["rows"][row]
