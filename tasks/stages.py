@@ -30,6 +30,7 @@ try number, map index) as MLflow tags; the CLI passes none.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import statistics
 import tempfile
@@ -820,13 +821,13 @@ def _pooled(task: RunTask, by_source: list) -> dict[str, float]:
     return task.impl.metrics(task.impl.add(by_source))
 
 
-def _report(run: Run, models: list) -> dict[str, Any]:
+def _report(run: Run, models: list, counts: dict[str, dict[str, list]] | None = None) -> dict[str, Any]:
     """Every task's report (`_task_report`): a single-task run's is the report; a cross-task run's are under
     `tasks`, and `dev.mean` is the unweighted mean of the tasks' dev metrics on the maximised scale (mse
-    negated), the score the champion gate compares."""
+    negated), the score the champion gate compares. `counts`: the models' dev statistics, when already known."""
     from tasks import taskpool
 
-    counts = _dev_counts(run, models)
+    counts = counts or _dev_counts(run, models)
     reports = {task.name: _task_report(run, task, model, counts[task.name]) for task, model in zip(run.tasks, models)}
     if not run.cfg.cross_task:
         return reports[run.tasks[0].name]
@@ -889,7 +890,7 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
     population = run.store.get_json(f"gen={cfg.generations}/population.json")
     output = _output_of(run, population, cfg.generations)
     models = _scored_models(run, output["members"], output["generation"])
-    final = _report(run, models)
+    final = _report(run, models, _stored_dev_counts(run, output["members"], output["generation"]))
     sha = _fused_sha256(run, models)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
@@ -916,6 +917,20 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
     return summary
 
 
+def _stored_dev_counts(run: Run, members: list[str], generation: int) -> dict[str, dict[str, list]] | None:
+    """The dev statistics evaluate stored for a candidate of these members in this generation, summed over its
+    shards; None when no round of the generation scored one. Same members and generation build the same model
+    (`_scored_models`), and shard statistics add up exactly, so they are what scoring it again would give."""
+    for round_ in itertools.count():
+        plan = run.store.get_json_or_none(f"gen={generation}/round={round_}/candidates.json")
+        if plan is None:
+            return None
+        for c, candidate in enumerate(plan["candidates"]):
+            keys = [f"gen={generation}/round={round_}/cand={c}/shard={s}.json" for s in range(run.cfg.shards)]
+            if candidate["members"] == list(members) and all(run.store.exists(k) for k in keys):
+                return _sum_counts(run, [run.store.get_json(k)["counts"] for k in keys])
+
+
 def _output_of(run: Run, population: dict[str, Any], generation: int) -> dict[str, Any]:
     """What the population after `generation` yields: with validation data the accepted state (plain mode:
     individual) with the best validation score so far; else the best individual (plain mode) or the merge of
@@ -936,7 +951,8 @@ def population_report(conf: dict[str, Any], run_id: str, generation: int) -> dic
     run = Run(conf, run_id)
     output = _output_of(run, run.store.get_json(f"gen={generation}/population.json"), generation)
     models = _scored_models(run, output["members"], output["generation"])
-    return {**_report(run, models), "sha256": _fused_sha256(run, models), "output": {k: v for k, v in output.items() if k != "members"}}
+    counts = _stored_dev_counts(run, output["members"], output["generation"])
+    return {**_report(run, models, counts), "sha256": _fused_sha256(run, models), "output": {k: v for k, v in output.items() if k != "members"}}
 
 
 def _save_model(model, template: Path, out: Path) -> None:

@@ -285,13 +285,16 @@ def test_cross_task_runs_every_row_of_every_fusion_for_every_seed(cross_task):
         rows = {ct.INDIVIDUAL, ct.MULTITASK, *sizes["mergers"], *[f"Evolver + {m}" for m in sizes["evolver"][kind]]}
         assert set(entry["rows"]) == rows
         for name, row in entry["rows"].items():
-            assert sorted(row["per_seed"]) == sorted(seeds), name
+            expected = [str(s) for s in ct.seeds_of(sizes, ct.fusion_name(fusion), name)] if row["seeded"] else seeds
+            assert sorted(row["per_seed"]) == sorted(expected), name
             for values in row["per_seed"].values():
                 assert set(values["tasks"]) == set(fusion)
                 assert values["test_mean"] == pytest.approx(sum(v["test"] for v in values["tasks"].values()) / len(fusion), abs=1e-12)
-            assert row["summary"]["test_mean"]["n"] == len(seeds)
+            assert row["summary"]["test_mean"]["n"] == len(expected)
             if not row["seeded"]:  # run once: every seed repeats its numbers
                 assert len({json.dumps(v, sort_keys=True) for v in row["per_seed"].values()}) == 1, name
+        one_seed = sizes["one_seed"][kind]
+        assert all(len(entry["rows"][r]["per_seed"]) == 1 for r in one_seed), fusion  # quick: the pair's DARE
 
 
 def test_cross_task_evolver_never_ends_below_the_merge_it_runs_inside(cross_task):
@@ -337,6 +340,7 @@ def test_cross_task_results_render_every_fusion(cross_task):
     for fusion in cross_task["data"]["fusions"]:
         assert f"## {fusion}\n" in markdown
     assert "| multi-task * |" in markdown and "PARTIAL" not in markdown
+    assert "| dare † |" in markdown  # the pair's one-seed row, marked, with no std
 
 
 def test_cross_task_resume_keeps_every_finished_run(cross_task, tmp_path):

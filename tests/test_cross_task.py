@@ -87,6 +87,29 @@ def test_each_task_keeps_its_head_and_the_fused_models_reproduce_their_scores(ti
         assert version.run_id == one["mlflow_run_id"]
 
 
+@pytest.mark.parametrize(("mode", "merger", "generations"), [("merge", "average", 0), ("merge", "fisher", 1), ("plain", "average", 1)])
+def test_finalize_reports_the_dev_statistics_evaluate_stored_exactly(tiny_cross_task, tmp_path, mode, merger, generations):
+    """finalize reuses the summed shard statistics of the candidate it outputs instead of scoring dev again:
+    they must equal a fresh score of the fused models, for every task type (counts, Pearson sums, entities)."""
+    from tasks import stages
+    from tasks.cli import run_pipeline
+
+    population = tiny_cross_task
+    conf = yaml.safe_load(_config(population, tmp_path, mode=mode, merger=merger, generations=generations, shards=3, registered_model=None).read_text())
+    cfg = EvolverConfig.from_dict(conf)
+    summary = run_pipeline(cfg, "reuse", log=lambda line: None)
+    run = stages.Run(cfg, "reuse")
+    output = summary["output"]
+    members = stages._output_of(run, run.store.get_json(f"gen={generations}/population.json"), generations)["members"]
+    stored = stages._stored_dev_counts(run, members, output["generation"])
+    # Each of these outputs a candidate scored in its last generation (the generation-0 merge; an accepted
+    # offspring's merge; an individual that improved), so its statistics are stored.
+    assert stored is not None
+    models = stages._scored_models(run, members, output["generation"])
+    assert stages._report(run, models, stored) == stages._report(run, models) == {k: v for k, v in summary["final"].items() if k not in ("fitness", "validation_score")}
+    assert stages._stored_dev_counts(run, members, generations + 1) is None  # no such generation: score again
+
+
 def test_bad_cross_task_configs_fail_before_compute_naming_the_task(tiny_cross_task, tmp_path):
     from tasks import stages
     from tasks.modelpool import IncompatibleCheckpoints
