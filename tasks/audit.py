@@ -62,7 +62,6 @@ def verify(report: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
 
 
 def _verify_task(report: dict[str, Any], tracking_uri: str, cfg, spec, artifact: str, logged_as: str) -> dict[str, Any]:
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool
@@ -70,8 +69,8 @@ def _verify_task(report: dict[str, Any], tracking_uri: str, cfg, spec, artifact:
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(tracking_uri, report["run_id"], Path(tmp), artifact)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = modelpool.auto_class(spec.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
+        tokenizer = modelpool.load_tokenizer(folder)
+        model = modelpool.load_model(folder, spec.task_type, cfg.dtype)
     model.to(modelpool.pick_device(cfg.device)).eval()
     label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
     # The dev set exactly as init_population encoded it, so every example is scored in the same batch.

@@ -214,14 +214,11 @@ def shared_body(folders: Sequence[Path], task_types: Sequence[str], exclude: Seq
     too: BERT's pooler feeds sequence heads, and token classification models have none. `tasks` name the
     members in messages.
     """
-    from transformers import AutoConfig
-
     patterns = [re.compile(p) for p in exclude]
     problems = _vocabulary_problems(folders)
     bodies = []
     for folder, task_type in zip(folders, task_types):
-        with torch.device("meta"):
-            model = auto_class(task_type).from_config(AutoConfig.from_pretrained(folder))
+        model = meta_model(folder, task_type)
         prefix, stored = model.base_model_prefix + ".", tensor_specs(folder)
         parameters = (n for n, _ in model.named_parameters() if n.startswith(prefix) and n in stored and not any(p.search(n) for p in patterns))
         bodies.append({n: stored[n] for n in parameters})
@@ -272,14 +269,17 @@ def auto_class(task_type: str):
     return getattr(transformers, get_task_type(task_type).auto_class)
 
 
-def mergeable_names(folder: Path, exclude: Sequence[str], task_type: str = "sequence_classification") -> list[str]:
-    """Stored named parameters (never buffers) that no exclude regex matches, in a fixed order."""
+def meta_model(folder: Path, task_type: str = "sequence_classification") -> torch.nn.Module:
+    """The checkpoint's model class with its `task_type` head, on the meta device: its structure, no weights."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(folder)
     with torch.device("meta"):
-        model = auto_class(task_type).from_config(config)
-    parameters = {name for name, _ in model.named_parameters()}
+        return auto_class(task_type).from_config(AutoConfig.from_pretrained(folder))
+
+
+def mergeable_names(folder: Path, exclude: Sequence[str], task_type: str = "sequence_classification") -> list[str]:
+    """Stored named parameters (never buffers) that no exclude regex matches, in a fixed order."""
+    parameters = {name for name, _ in meta_model(folder, task_type).named_parameters()}
     stored = tensor_specs(folder)
     patterns = [re.compile(p) for p in exclude]
     names = sorted(n for n in stored if n in parameters and not any(p.search(n) for p in patterns))
@@ -358,6 +358,48 @@ def load_dtype(dtype: str) -> torch.dtype | str:
     return "auto" if dtype == "checkpoint" else getattr(torch, dtype)
 
 
+def pad_token_id(folder: Path | str) -> int:
+    """The id batches are padded with. A decoder's sequence head scores each example at its last token that is
+    not this id, so the model and the tokenizer must agree on it: the config's `pad_token_id`, else the
+    tokenizer's pad token, else its end-of-sequence token (GPT-2 and Llama ship no pad token; padding on the
+    right never lets a real token attend to a pad, so an example scores the same in any batch)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("pad_token_id") is not None:
+        return int(config["pad_token_id"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    eos = config.get("eos_token_id")
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, eos[0] if isinstance(eos, list) and eos else eos):
+        if candidate is not None:
+            return int(candidate)
+    raise IncompatibleCheckpoints(
+        f"{folder}: neither config.json nor the tokenizer names a pad or end-of-sequence token, so batches cannot be padded; "
+        "set pad_token_id in config.json"
+    )
+
+
+def load_tokenizer(folder: Path | str):
+    """The checkpoint's tokenizer, padding on the right with `pad_token_id(folder)`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    pad = pad_token_id(folder)
+    if tokenizer.pad_token_id != pad:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def load_model(folder: Path | str, task_type: str = "sequence_classification", dtype: str = "checkpoint") -> torch.nn.Module:
+    """The checkpoint with its `task_type` head, its config's pad_token_id set as `load_tokenizer` pads."""
+    model = auto_class(task_type).from_pretrained(folder, dtype=load_dtype(dtype))
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id(folder)
+    return model
+
+
 # One template per task of a cross-task run (each member brings its head), plus the float32 one statistics use.
 @lru_cache(maxsize=8)
 def template_model(folder: str, device: str, dtype: str = "checkpoint", task_type: str = "sequence_classification") -> torch.nn.Module:
@@ -365,8 +407,7 @@ def template_model(folder: str, device: str, dtype: str = "checkpoint", task_typ
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # one bar per task process is noise in Airflow's logs
-    model = auto_class(task_type).from_pretrained(folder, dtype=load_dtype(dtype))
-    return model.to(device).eval()
+    return load_model(folder, task_type, dtype).to(device).eval()
 
 
 def model_with(

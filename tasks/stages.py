@@ -164,15 +164,19 @@ def download_models(
         tasks.append({"name": spec.name, "task_type": spec.task_type, "label2id": label2id, "num_labels": num_labels, "data": f"data{prefix}", "template": f"template{prefix}", "files": files})
     for folder in folders:
         modelpool.check_finite(folder, names)
+        modelpool.pad_token_id(folder)  # raises where batches could not be padded
     based = {}
     if base is not None:
         based = modelpool.base_names(base, folders[0], names)
         modelpool.check_finite(base, list(based.values()))
     _copy_checkpoints(run, folders, names, base, based, tasks)
     mlflow_run_id = tracking.start_run(cfg, run.key, tags)
+    from tasks.merge.statistics import input_major_weights
+
     record = {
         "models": [str(f) for f in folders],
         "names": names,
+        "input_major": sorted(set(input_major_weights(modelpool.meta_model(folders[0], specs[0].task_type))) & set(names)),
         "base_model": str(base) if base else None,
         "base_names": based,
         "tasks": tasks,
@@ -221,12 +225,10 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
     if done is not None:
         return done
     import torch
-    from transformers import AutoTokenizer
-
-    from tasks import taskpool
+    from tasks import modelpool, taskpool
 
     cfg = run.cfg
-    tokenizer = AutoTokenizer.from_pretrained(run.template())  # the members share one (check_compatible, shared_body)
+    tokenizer = modelpool.load_tokenizer(run.template())  # the members share one (check_compatible, shared_body)
     sizes, tables = {}, {}
     for task in run.tasks:
         spec = task.spec
@@ -489,6 +491,7 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
     merge, params = method.load(), cfg.method_params
     average, average_params = get_method("average").load(), get_method("average").params()
     whole_tensor = method.load_whole_tensor()
+    input_major = set(run.record.get("input_major", ()))  # absent from the records of runs before decoders
     with ExitStack() as stack:
         readers = [stack.enter_context(run.store.open_tensors(key)) for key in members]
         base = stack.enter_context(run.store.open_tensors("base.safetensors")) if method.needs_base else None
@@ -511,7 +514,7 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
                 ]
             merged = None
             for rows in blocks:
-                group = TensorGroup(name, [r.get_tensor(name, rows).to(device) for r in readers], seed=seed, carry=carry)
+                group = TensorGroup(name, [r.get_tensor(name, rows).to(device) for r in readers], seed=seed, carry=carry, input_major=name in input_major)
                 if not averaged:
                     if base is not None:
                         group.base = base.get_tensor(name, rows).to(device)
@@ -956,10 +959,11 @@ def population_report(conf: dict[str, Any], run_id: str, generation: int) -> dic
 
 
 def _save_model(model, template: Path, out: Path) -> None:
-    from transformers import AutoTokenizer
+    """The model with its config's pad_token_id and a tokenizer that pads with it, so it batches as scored."""
+    from tasks import modelpool
 
     model.save_pretrained(out, safe_serialization=True)
-    AutoTokenizer.from_pretrained(template).save_pretrained(out)
+    modelpool.load_tokenizer(template).save_pretrained(out)
 
 
 def _baselines(run: Run) -> dict[str, Any]:
@@ -1076,7 +1080,7 @@ def _champion_gate(run: Run, versions: dict[str, str], challenger: dict[str, flo
             if heads != modelpool.architectures(run.template(task)):
                 reason = f"champion version {champion.version} of {name} is a {', '.join(heads) or 'model'} of another task type; it stays, compare by hand"
                 return {"promoted": False, "champion_before": before, "decided_by": "labels", "reason": reason}
-            model = modelpool.auto_class(task.spec.task_type).from_pretrained(folder, dtype=modelpool.load_dtype(cfg.dtype))
+            model = modelpool.load_model(folder, task.spec.task_type, cfg.dtype)
         if model.config.num_labels != task.num_labels or {str(k): v for k, v in model.config.label2id.items()} != task.label2id:
             reason = f"champion version {champion.version} of {name} has other labels ({model.config.label2id}); it stays, compare by hand"
             return {"promoted": False, "champion_before": before, "decided_by": "labels", "reason": reason}

@@ -68,3 +68,16 @@ def tiny_ner(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_cross_task(tmp_path_factory):
     return tiny.build_cross_task(tmp_path_factory.mktemp("tiny-cross-task"))
+
+
+@pytest.fixture(scope="session")
+def tiny_decoders(tmp_path_factory):
+    """family -> its tiny population (GPT-2 and Llama sequence classifiers without a pad token), built on first use."""
+    built: dict = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = tiny.build_decoder(tmp_path_factory.mktemp(f"tiny-{family}"), family)
+        return built[family]
+
+    return get

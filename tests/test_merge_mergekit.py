@@ -1,7 +1,8 @@
-"""task_arithmetic, TIES and DARE (p=0) against mergekit 0.1.5, the peer implementation, on the tiny checkpoints.
+"""task_arithmetic, TIES and DARE (p=0) against mergekit 0.1.5, the peer implementation, on the tiny BERT, GPT-2
+and Llama checkpoints.
 
 mergekit runs through its own full entry point, `mergekit.merge.run_merge` (what `mergekit-yaml` runs), on the
-checkpoint folders: its config parsing, its BERT sequence-classification architecture, its loading and dtype
+checkpoint folders: its config parsing, its sequence-classification architectures, its loading and dtype
 handling all take part, not just its tensor kernels. Its output checkpoint is compared, tensor by tensor over
 every parameter, with ours computed one TensorGroup at a time.
 
@@ -23,15 +24,19 @@ from safetensors.torch import load_file
 
 from tasks import modelpool
 from tasks.merge import TensorGroup, get_method
+from tests import tiny
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tiny_population):
-    members = tiny_population["members"]
+@pytest.fixture(scope="module", params=["bert", *tiny.DECODER_FAMILIES])
+def checkpoints(request, tiny_population, tiny_decoders):
+    """The tiny BERT, GPT-2 and Llama sequence classifiers: mergekit's bert-, gpt2- and llama-sequence-classification
+    architectures read them."""
+    population = tiny_population if request.param == "bert" else tiny_decoders(request.param)
+    members = population["members"]
     names = modelpool.mergeable_names(members[0], [])
-    base = dict(modelpool.iter_tensors(tiny_population["base"], names))
+    base = dict(modelpool.iter_tensors(population["base"], names))
     tensors = [dict(modelpool.iter_tensors(m, names)) for m in members]
-    return tiny_population["base"], members, names, base, tensors
+    return population["base"], members, names, base, tensors
 
 
 def mergekit_merge(checkpoints, out: Path, method: str, per_member: dict, shared: dict) -> dict[str, torch.Tensor]:

@@ -323,3 +323,61 @@ def build_cross_task(root: Path, steps: int = 40) -> dict:
     }
     tasks = [{"name": task, "dev": str(dev[task]), "heldout": {"test": str(test[task])}, "batch_size": 8, **columns[task]} for task in rows]
     return {"base": base_dir, "members": members, "tasks": tasks}
+
+
+# -- decoders: GPT-2 and Llama sequence classifiers, shipped as such models are, with no pad token -------------
+
+DECODER_FAMILIES = ("gpt2", "llama")
+
+
+def word_tokenizer():
+    """A word-level tokenizer over the sentiment vocabulary with an end-of-sequence token and, like GPT-2's and
+    Llama's, no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<eos>", *vocabulary()[5:]]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+
+
+def decoder_model(family: str, seed: int = 0):
+    """A 2-layer decoder (hidden 32) with a sequence head for LABELS; Llama with grouped-query attention."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    named = {"num_labels": len(LABELS), "id2label": dict(enumerate(LABELS)), "label2id": {label: i for i, label in enumerate(LABELS)}}
+    size, eos = len(word_tokenizer()), {"bos_token_id": 1, "eos_token_id": 1}
+    if family == "gpt2":
+        return GPT2ForSequenceClassification(GPT2Config(vocab_size=size, n_embd=32, n_layer=2, n_head=2, n_positions=64, **eos, **named))
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+    return LlamaForSequenceClassification(LlamaConfig(vocab_size=size, max_position_embeddings=64, **shape, **eos, **named))
+
+
+def build_decoder(root: Path, family: str, steps: int = 40) -> dict[str, Path | list[Path]]:
+    """An untrained base and a books and a food member of `family`, as users fine-tune decoders: padded with
+    the end-of-sequence token for training, saved with no pad_token_id in their configs and no pad token in
+    their tokenizers. CSVs as `build`'s, under root/data."""
+    import json
+
+    tok, padded = word_tokenizer(), word_tokenizer()
+    padded.pad_token = padded.eos_token
+
+    def make_model():
+        model = decoder_model(family)
+        model.config.pad_token_id = padded.pad_token_id
+        return model
+
+    def encode_batch(batch):
+        return {**padded([t for t, _ in batch], padding=True, return_tensors="pt"), "labels": torch.tensor([LABELS.index(label) for _, label in batch])}
+
+    base_dir, members = _build_members(root, tok, make_model, lambda d: sentences(d, 200, seed=1), encode_batch, steps)
+    for folder in [base_dir, *members]:
+        config = json.loads((folder / "config.json").read_text())
+        config["pad_token_id"] = None
+        (folder / "config.json").write_text(json.dumps(config, indent=2))
+    data = root / "data"
+    dev = [write_csv(data / f"{d}_dev.csv", sentences(d, 40, seed=2)) for d in ("books", "food")]
+    test = {d: write_csv(data / f"{d}_test.csv", sentences(d, 40, seed=3)) for d in ("books", "food", "travel")}
+    return {"base": base_dir, "members": members, "dev": dev, "test": test}

@@ -17,8 +17,9 @@ class TensorGroup:
     """One parameter tensor across the population, plus what the method needs beside the tensors.
 
     stats: Fisher diagonal (same shape) per member for fisher; for regmean the Gram matrix
-    (in_features x in_features) of the inputs of the nn.Linear whose weight this is. None where a tensor
+    (in_features x in_features) of the inputs of the linear layer whose weight this is. None where a tensor
     has no statistic: those methods then average.
+    input_major: the weight is stored in_features x out_features (GPT-2's Conv1D), not out x in (nn.Linear).
     seed: the run's per-tensor seed; DARE derives member i's drop mask from (seed, i).
     thresholds: per member, what a method computes over the whole tensor before merging it elementwise (TIES's
     trim threshold), when `tensors` hold only a block of its rows: the caller merges a tensor too large to hold
@@ -35,3 +36,4 @@ class TensorGroup:
     seed: int = 0
     thresholds: list[Tensor | None] | None = None
     carry: dict | None = None
+    input_major: bool = False

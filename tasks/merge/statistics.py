@@ -4,8 +4,9 @@
   prediction is back-propagated and grad**2 * rows accumulated; divided by the total rows. No labels needed.
   The loss is the task type's (`Task.fisher_loss`): per token for token classification, the prediction itself
   for regression (a Gaussian's Fisher information is the outer product of the output's gradient).
-- Gram matrices for RegMean: X^T X / rows of the inputs of every nn.Linear whose weight is covered, over
-  real tokens only (padding positions would otherwise pull the solution towards the pad embedding).
+- Gram matrices for RegMean: X^T X / rows of the inputs of every linear layer whose weight is covered
+  (nn.Linear, and GPT-2's Conv1D, whose weight is stored transposed: `input_major_weights`), over real tokens
+  only (padding positions would otherwise pull the solution towards the pad embedding).
 
 Both use the first `batches` batches of a seeded permutation of the rows, each trimmed to its longest
 example as `taskpool.confusion` does, and leave the model as they found it: no hooks, no grads, the same
@@ -65,10 +66,22 @@ def fisher_diagonals(
     return {name: s.div_(max(total, 1)).cpu() for name, s in sums.items()}
 
 
+def _is_conv1d(module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def input_major_weights(model) -> list[str]:
+    """The weights of linear layers stored in_features x out_features (GPT-2's Conv1D), which RegMean solves
+    without the transpose an nn.Linear weight needs."""
+    return sorted(f"{name}.weight" for name, module in model.named_modules() if _is_conv1d(module))
+
+
 @torch.no_grad()
 def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
     wanted = set(names)
-    linears = {f"{name}.weight": module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    linears = {f"{name}.weight": module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) or _is_conv1d(module)}
     layers = {name: module for name, module in linears.items() if name in wanted}
     grams: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = dict.fromkeys(layers, 0)

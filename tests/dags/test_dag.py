@@ -129,3 +129,21 @@ def test_a_cross_task_run_on_the_dag_gives_the_cli_result(dag, tiny_cross_task, 
     from_cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert from_dag["final"]["tasks"] == from_cli["final"]["tasks"]
     assert from_dag["fused_model_sha256"] == from_cli["fused_model_sha256"]
+
+
+def test_a_decoder_run_on_the_dag_gives_the_cli_result(dag, tiny_decoders, tmp_path):
+    """GPT-2 members without a pad token, RegMean over their Conv1D weights: the DAG and the CLI agree."""
+    from tasks.cli import main
+    from tasks.config import EvolverConfig
+    from tests.test_task_types import _config
+
+    population = tiny_decoders("gpt2")
+    config = _config(population, tmp_path, merger="regmean", generations=1, registered_model=None)
+    run = dag.test(run_conf=EvolverConfig.from_yaml(config).resolved())
+    assert run.state == "success"
+    [summary_file] = (tmp_path / "store").glob("manual*/final/summary.json")
+    from_dag = json.loads(summary_file.read_text())
+    assert main(["run", str(config), "--output", str(tmp_path / "cli"), "--set", f"store={tmp_path / 'cli-store'}"]) == 0
+    from_cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert from_dag["final"]["dev"] == from_cli["final"]["dev"] and from_dag["generations"] == from_cli["generations"]
+    assert from_dag["fused_model_sha256"] == from_cli["fused_model_sha256"]

@@ -1,0 +1,101 @@
+"""Decoder-only members: GPT-2 and Llama sequence classifiers, shipped without a pad token, fused like encoders."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from tasks import audit, modelpool
+from tasks.cli import main
+from tasks.merge import TensorGroup, get_method
+from tasks.merge.statistics import input_grams, input_major_weights
+from tests import tiny
+from tests.test_task_types import _config, _run  # a population's run config, and a run that must succeed
+
+ARCHITECTURE = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification"}
+
+
+@pytest.mark.parametrize("family", tiny.DECODER_FAMILIES)
+def test_a_decoder_scores_each_example_at_its_last_real_token_in_any_batch(tiny_decoders, family):
+    """The members name no pad token; batches are padded on the right with the end-of-sequence token, and the
+    model's sequence head looks past exactly those pads, so an example's logits do not depend on its batch."""
+    member = tiny_decoders(family)["members"][0]
+    assert json.loads((member / "config.json").read_text())["pad_token_id"] is None
+    assert AutoTokenizer.from_pretrained(member).pad_token is None
+    tokenizer, model = modelpool.load_tokenizer(member), modelpool.load_model(member).eval()
+    assert tokenizer.pad_token == "<eos>" and tokenizer.padding_side == "right"
+    assert model.config.pad_token_id == tokenizer.pad_token_id == tokenizer.eos_token_id
+    texts = [text for text, _ in tiny.sentences("books", 8, seed=5)]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 1  # examples of several lengths: real padding
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = torch.cat([model(**tokenizer([text], return_tensors="pt")).logits for text in texts])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+    assert together.std(0).max() > 1e-3  # the head's output varies with the example
+
+
+@pytest.mark.parametrize(("family", "merger"), [("gpt2", "regmean"), ("gpt2", "ties"), ("llama", "fisher"), ("llama", "dare")])
+def test_decoder_populations_fuse_shard_invariant_and_reproduce_their_scores(tiny_decoders, tmp_path, family, merger):
+    population = tiny_decoders(family)
+    config = _config(population, tmp_path, merger=merger, base_model=str(population["base"]))
+    one = _run(config, tmp_path / "one", "--set", "shards=1")
+    three = _run(config, tmp_path / "three", "--set", "shards=3", "--set", f"store={tmp_path / 'store3'}", "--set", "registered_model=null")
+    assert one["generations"] == three["generations"] and one["fused_model_sha256"] == three["fused_model_sha256"]
+    best = [g["best_fitness"] for g in one["generations"]]
+    assert best == sorted(best) and 0 < best[-1] < 1
+
+    # The fused model loads with its Auto class, batches as it was scored, and reproduces its logged dev score.
+    folder = one["fused_model_uri"].removeprefix("file://")
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert type(model).__name__ == ARCHITECTURE[family]
+    assert model.config.pad_token_id == AutoTokenizer.from_pretrained(folder).pad_token_id == 1
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    check = audit.verify(audit.collect(one["mlflow_run_id"], uri), uri)
+    assert check["match"] and check["recomputed"] == one["final"]["dev"]["macro_f1"]
+
+
+def test_regmean_solves_gpt2_conv1d_weights_as_the_transposed_linear_ones(tiny_decoders):
+    """GPT-2 stores its linear layers' weights in x out (Conv1D). Their inputs' Gram matrices are recorded, and
+    RegMean solves them as it solves the nn.Linear weight that is their transpose."""
+    member = tiny_decoders("gpt2")["members"][0]
+    model = modelpool.load_model(member).float()
+    conv1d = input_major_weights(model)
+    assert len(conv1d) == 8 and "transformer.h.0.attn.c_proj.weight" in conv1d  # 4 per block; c_proj is square
+    tokenizer = modelpool.load_tokenizer(member)
+    enc = tokenizer([t for t, _ in tiny.sentences("books", 16, seed=4)], padding=True, return_tensors="pt")
+    data = {**enc, "lengths": enc["attention_mask"].sum(1), "labels": torch.zeros(16, dtype=torch.long)}
+    names = [n for n, _ in model.named_parameters()]
+    grams = input_grams(model, data, names, batches=2, batch_size=8, seed=0)
+    params = dict(model.named_parameters())
+    assert set(conv1d) <= set(grams)
+    assert all(grams[n].shape == (params[n].shape[0],) * 2 for n in conv1d)  # in x in: rows of the stored weight
+
+    merge, settings = get_method("regmean").load(), get_method("regmean").params()
+    generator = torch.Generator().manual_seed(0)
+    linear = [torch.randn(48, 32, generator=generator) for _ in range(3)]  # out x in
+    stats = [grams["transformer.h.0.mlp.c_fc.weight"] * (1 + k) + torch.eye(32) * k for k in range(3)]
+    expected = merge(TensorGroup("w", linear, stats=stats), settings)
+    stored = merge(TensorGroup("w", [w.T.contiguous() for w in linear], stats=stats, input_major=True), settings)
+    torch.testing.assert_close(stored, expected.T, rtol=0, atol=1e-6)
+    assert not torch.allclose(expected, sum(linear) / 3, atol=1e-3)  # a real solve, not the average
+
+
+def test_a_decoder_that_names_no_pad_or_end_token_is_refused_before_compute(tiny_decoders, tmp_path, capsys):
+    population = tiny_decoders("gpt2")
+    bare = tmp_path / "bare"
+    shutil.copytree(population["members"][1], bare)
+    config = json.loads((bare / "config.json").read_text())
+    (bare / "config.json").write_text(json.dumps({**config, "eos_token_id": None, "bos_token_id": None}))
+    settings = json.loads((bare / "tokenizer_config.json").read_text())
+    settings.pop("eos_token", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(settings))
+    assert AutoTokenizer.from_pretrained(bare).eos_token is None
+    path = _config({**population, "members": [bare, population["members"][0]]}, tmp_path)
+    assert main(["run", str(path), "--output", str(tmp_path / "out")]) == 2
+    message = capsys.readouterr().err
+    assert str(bare) in message and "set pad_token_id in config.json" in message
+    stored = [p.relative_to(tmp_path / "store").as_posix() for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert not any(part.startswith(("gen=", "stats/", "final/", "data/")) for key in stored for part in key.split("/"))
