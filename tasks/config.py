@@ -68,14 +68,16 @@ class DataConfig(_Strict):
     text_pair_column: str | None = Field(
         None, title="Text pair column", description="The second text of a sentence-pair task (e.g. MRPC, RTE); null: single texts."
     )
-    label_column: str = Field("label", title="Label column", description="Integer ids, or names found in the models' label2id.")
+    label_column: str = Field("label", title="Label column", description="Integer ids, or names found in the models' label2id (language modeling reads none).")
     # What the members' heads do, and so how rows are labelled and scored (tasks/taskpool/):
     # sequence_classification: a label per example (or pair), by confusion counts (accuracy, macro_f1, mcc);
     # regression: a number per example, a one-output head (num_labels: 1), by pearson, spearman or mse;
     # token_classification: a list of words and a list of IOB2 tags per row (or a CoNLL file), each tag on its
-    # word's first sub-token, by entity F1 with seqeval's strict rules.
+    # word's first sub-token, by entity F1 with seqeval's strict rules;
+    # language_modeling: a text per row and no label, a causal LM (…ForCausalLM), by its token-weighted loss
+    # (neg_perplexity or neg_loss): for domain-adapted LMs that no label set fits.
     task_type: Literal[TASK_TYPE_NAMES] = Field(  # type: ignore[valid-type]
-        TASK_TYPE_NAMES[0], title="Task type", description="sequence_classification | regression | token_classification"
+        TASK_TYPE_NAMES[0], title="Task type", description="sequence_classification | regression | token_classification | language_modeling"
     )
     # 64 tokens covers the median tweet many times over; raise it for longer documents.
     max_length: int = Field(64, ge=8, le=4096, title="Max tokens")
@@ -134,7 +136,7 @@ class TaskConfig(DataConfig):
 
     # Names the task in reports, MLflow metrics, the fused model's folder and its registered model.
     name: str = Field(..., pattern=_TASK_NAME, title="Task name", description="Letters, digits, _ . -; names the task's model and metrics.")
-    # Left out: the task type's first metric (macro_f1, pearson, entity_f1).
+    # Left out: the task type's first metric (macro_f1, pearson, entity_f1, neg_perplexity).
     metric: Literal[METRIC_NAMES] | None = Field(None, title="Metric", description="Must fit task_type; null: the task type's first.")  # type: ignore[valid-type]
 
     @model_validator(mode="after")
@@ -205,9 +207,10 @@ class EvolverConfig(_Strict):
     # Regexes of parameter names that are not evolved or merged (e.g. ".*classifier.*"); those keep the first model's values.
     exclude: list[str] = Field(default_factory=list, title="Exclude", description="Regexes of parameter names kept from the first model.")
     # The fitness metric; it must fit data.task_type, and left out it is the task type's first: macro_f1 (it does
-    # not reward predicting the majority class of a skewed domain), pearson, or entity_f1. mse is minimised.
+    # not reward predicting the majority class of a skewed domain), pearson, entity_f1 or neg_perplexity. mse is
+    # minimised.
     metric: Literal[METRIC_NAMES] = Field(  # type: ignore[valid-type]
-        "macro_f1", title="Fitness metric", description="classification: macro_f1, accuracy, mcc; regression: pearson, spearman, mse; tokens: entity_f1, ..."
+        "macro_f1", title="Fitness metric", description="classification: macro_f1, accuracy, mcc; regression: pearson, spearman, mse; tokens: entity_f1, ...; language modeling: neg_perplexity, neg_loss"
     )
     # How the dev sources make one fitness: pooled (one metric over every dev row: the paper's), mean_domain (the
     # mean of each source's metric: every domain weighs the same, whatever its size) or worst_domain (the lowest:

@@ -262,10 +262,11 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
                 sizes[f"{task.name}/validation" if cfg.cross_task else "validation"] = int(encoded["validation"].sum())
             run.store.put_tensors(f"{task.data}/{name}.safetensors", encoded)
             sizes[f"{task.name}/{name}" if cfg.cross_task else name] = len(encoded["labels"])
-            words = taskpool.get_task_type(spec.task_type).words
+            kind = taskpool.get_task_type(spec.task_type)
             description = source if isinstance(source, str) else " + ".join(source)
             context = f"{task.name}/{name}" if cfg.cross_task else name
-            tables[context] = (description, taskpool.table(source, spec.text_column, spec.label_column, spec.text_pair_column, words=words))
+            label_column = spec.label_column if kind.labelled else None
+            tables[context] = (description, taskpool.table(source, spec.text_column, label_column, spec.text_pair_column, words=kind.words))
     from tasks import tracking
 
     tracking.log_datasets(cfg, run.record["mlflow_run_id"], tables)

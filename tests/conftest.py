@@ -72,12 +72,14 @@ def tiny_cross_task(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_decoders(tmp_path_factory):
-    """family -> its tiny population (GPT-2 and Llama sequence classifiers without a pad token), built on first use."""
+    """(family, head) -> a tiny GPT-2 or Llama population without a pad token, built on first use: sequence
+    classifiers (head "sequence") or causal LMs (head "lm"; GPT-2's tied, Llama's untied)."""
     built: dict = {}
 
-    def get(family: str):
-        if family not in built:
-            built[family] = tiny.build_decoder(tmp_path_factory.mktemp(f"tiny-{family}"), family)
-        return built[family]
+    def get(family: str, head: str = "sequence"):
+        if (family, head) not in built:
+            build = tiny.build_decoder if head == "sequence" else tiny.build_causal_lm
+            built[family, head] = build(tmp_path_factory.mktemp(f"tiny-{family}-{head}"), family)
+        return built[family, head]
 
     return get

@@ -1,4 +1,4 @@
-"""Decoder-only members: GPT-2 and Llama sequence classifiers, shipped without a pad token, fused like encoders."""
+"""Decoder-only members: GPT-2 and Llama sequence classifiers and causal LMs, shipped without a pad token."""
 
 import json
 import shutil
@@ -99,3 +99,88 @@ def test_a_decoder_that_names_no_pad_or_end_token_is_refused_before_compute(tiny
     assert str(bare) in message and "set pad_token_id in config.json" in message
     stored = [p.relative_to(tmp_path / "store").as_posix() for p in (tmp_path / "store").rglob("*") if p.is_file()]
     assert not any(part.startswith(("gen=", "stats/", "final/", "data/")) for key in stored for part in key.split("/"))
+
+
+@pytest.mark.parametrize(("family", "merger"), [("gpt2", "average"), ("llama", "fisher")])
+def test_language_model_fitness_is_the_token_weighted_loss_for_any_shard_count(tiny_decoders, tmp_path, family, merger):
+    """Causal LMs fused on their dev text: fitness is -perplexity of the token-weighted mean NLL, identical for 1
+    and 3 shards; GPT-2's output layer stays tied to its embeddings in the fused model, Llama's stays its own."""
+    import csv
+    import math
+
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    population = tiny_decoders(family, "lm")
+    config = _config(population, tmp_path, data={"task_type": "language_modeling"}, merger=merger)
+    one = _run(config, tmp_path / "one", "--set", "shards=1")
+    three = _run(config, tmp_path / "three", "--set", "shards=3", "--set", f"store={tmp_path / 'store3'}", "--set", "registered_model=null")
+    assert one["generations"] == three["generations"] and one["fused_model_sha256"] == three["fused_model_sha256"]
+    assert one["config"]["metric"] == "neg_perplexity" and one["final"]["dev"]["neg_perplexity"] == one["generations"][-1]["best_fitness"]
+
+    # The same number from transformers' own loss, one text at a time: its mean over the text's predicted tokens.
+    folder = one["fused_model_uri"].removeprefix("file://")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    nll, tokens = [], 0
+    for source in population["dev"]:
+        with open(source, newline="") as f:
+            for row in csv.DictReader(f):
+                enc = tokenizer(row["text"], return_tensors="pt")
+                with torch.no_grad():
+                    loss = model(**enc, labels=enc["input_ids"]).loss.item()
+                nll.append(loss * (enc["input_ids"].shape[1] - 1))
+                tokens += enc["input_ids"].shape[1] - 1
+    dev = one["final"]["dev"]
+    assert dev["tokens"] == tokens and dev["n"] == 80
+    assert dev["loss"] == pytest.approx(math.fsum(nll) / tokens, rel=1e-5) and dev["neg_perplexity"] == -math.exp(dev["loss"])
+
+    with safe_open(f"{folder}/model.safetensors", "pt") as f:
+        stored = set(f.keys())
+    if family == "gpt2":
+        assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr() and "lm_head.weight" not in stored
+    else:
+        assert "lm_head.weight" in stored and not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    check = audit.verify(audit.collect(one["mlflow_run_id"], uri), uri)
+    assert check["match"] and check["recomputed"] == dev["neg_perplexity"]
+
+
+def test_language_modeling_needs_a_causal_lm_and_its_own_metrics(tiny_decoders, tmp_path, capsys):
+    population = tiny_decoders("gpt2")  # sequence classifiers
+    config = _config(population, tmp_path, data={"task_type": "language_modeling"})
+    assert main(["run", str(config), "--output", str(tmp_path / "out")]) == 2
+    assert "language modeling needs a causal LM" in capsys.readouterr().err
+    assert main(["run", str(config), "--output", str(tmp_path / "out"), "--set", "metric=macro_f1"]) == 2
+    assert "macro_f1" in capsys.readouterr().err
+    assert not list((tmp_path / "store").glob("*/gen=*"))
+
+
+def test_bf16_members_in_sharded_safetensors_fuse_in_their_dtype(tiny_decoders, tmp_path):
+    """Checkpoints as LLMs ship them: bfloat16, in several safetensors files with `model.safetensors.index.json`.
+    Offspring and merges are computed in float32 per tensor and stored, like the fused model, in bfloat16."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    population = tiny_decoders("llama", "lm")
+    members = []
+    for folder in population["members"]:
+        sharded = tmp_path / folder.name
+        AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).save_pretrained(sharded, max_shard_size="40KB")
+        for file in folder.glob("tokenizer*"):
+            shutil.copy(file, sharded)
+        assert (sharded / "model.safetensors.index.json").is_file() and len(list(sharded.glob("model-*.safetensors"))) > 1
+        members.append(sharded)
+    config = _config({**population, "members": members}, tmp_path, data={"task_type": "language_modeling"}, merger="ties", base_model=str(population["base"]))
+    summary = _run(config, tmp_path / "out", "--set", "generations=1")
+
+    def dtypes(path) -> set[str]:
+        with safe_open(path, "pt") as f:
+            return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+    store = next((tmp_path / "store").iterdir())
+    offspring = list(store.glob("gen=1/ind=*/offspring.safetensors"))
+    assert len(offspring) == 2 and all(dtypes(p) == {"BF16"} for p in offspring)
+    assert dtypes(summary["fused_model_uri"].removeprefix("file://") + "/model.safetensors") == {"BF16"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    check = audit.verify(audit.collect(summary["mlflow_run_id"], uri), uri)
+    assert check["match"] and check["recomputed"] == summary["final"]["dev"]["neg_perplexity"]

@@ -381,3 +381,33 @@ def build_decoder(root: Path, family: str, steps: int = 40) -> dict[str, Path | 
     dev = [write_csv(data / f"{d}_dev.csv", sentences(d, 40, seed=2)) for d in ("books", "food")]
     test = {d: write_csv(data / f"{d}_test.csv", sentences(d, 40, seed=3)) for d in ("books", "food", "travel")}
     return {"base": base_dir, "members": members, "dev": dev, "test": test}
+
+
+def causal_lm(family: str, seed: int = 0):
+    """A 2-layer causal LM (hidden 32) over `word_tokenizer`'s words: GPT-2 with its output layer tied to the
+    embeddings (its default), Llama with its own."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    size, eos = len(word_tokenizer()), {"bos_token_id": 1, "eos_token_id": 1}
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(vocab_size=size, n_embd=32, n_layer=2, n_head=2, n_positions=64, **eos))
+    shape = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1}
+    return LlamaForCausalLM(LlamaConfig(vocab_size=size, max_position_embeddings=64, tie_word_embeddings=False, **shape, **eos))
+
+
+def build_causal_lm(root: Path, family: str, steps: int = 40) -> dict[str, Path | list[Path]]:
+    """An untrained base and a books and a food causal LM of `family`, each trained on its domain's sentences;
+    dev and test sets of text alone (one `text` column) under root/data."""
+    tok, padded = word_tokenizer(), word_tokenizer()
+    padded.pad_token = padded.eos_token
+
+    def encode_batch(batch):
+        enc = padded([t for t, _ in batch], padding=True, return_tensors="pt")
+        return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
+
+    base_dir, members = _build_members(root, tok, lambda: causal_lm(family), lambda d: sentences(d, 200, seed=1), encode_batch, steps)
+    data = root / "data"
+    dev = [write_csv(data / f"{d}_dev.csv", [(t,) for t, _ in sentences(d, 40, seed=2)], ("text",)) for d in ("books", "food")]
+    test = {d: write_csv(data / f"{d}_test.csv", [(t,) for t, _ in sentences(d, 40, seed=3)], ("text",)) for d in ("books", "food", "travel")}
+    return {"base": base_dir, "members": members, "dev": dev, "test": test}

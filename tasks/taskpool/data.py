@@ -31,11 +31,12 @@ class DataError(InputError):
 
 
 def read_source(
-    source: str, text_column: str, label_column: str, text_pair_column: str | None = None, words: bool = False
+    source: str, text_column: str, label_column: str | None, text_pair_column: str | None = None, words: bool = False
 ) -> tuple[list, list[str] | None, list]:
-    """Texts, their second texts (None without a pair column) and raw labels from a file, a `save_to_disk`
-    folder or a hub dataset (`name` or `name:split`). With `words` (token classification) a text is a list of
-    words and its label a list of tags, one per word; CoNLL-style files give them without column names."""
+    """Texts, their second texts (None without a pair column) and raw labels (None each without a label column:
+    language modeling) from a file, a `save_to_disk` folder or a hub dataset (`name` or `name:split`). With
+    `words` (token classification) a text is a list of words and its label a list of tags, one per word;
+    CoNLL-style files give them without column names."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -73,7 +74,8 @@ def read_source(
         raise DataError(f"{source}: missing column(s) {missing}; it has {table.column_names}")
     pairs = None if text_pair_column is None else [str(t) for t in table[text_pair_column]]
     if not words:
-        return [str(t) for t in table[text_column]], pairs, list(table[label_column])
+        raw = [None] * len(table) if label_column is None else list(table[label_column])
+        return [str(t) for t in table[text_column]], pairs, raw
     texts, tags = list(table[text_column]), list(table[label_column])
     for row, (text, tag) in enumerate(zip(texts, tags)):
         if not isinstance(text, list) or not isinstance(tag, list):
@@ -131,7 +133,7 @@ def encode(
     *,
     tokenizer,
     text_column: str,
-    label_column: str,
+    label_column: str | None,
     label2id: dict[str, int],
     num_labels: int,
     max_length: int,
@@ -141,11 +143,13 @@ def encode(
     """Tokenise one evaluation set (sources concatenated) into padded tensors plus per-example lengths and the
     index of the source each example came from (what per-domain fitness and the validation split group by).
     With a pair column every example is a pair of texts, and `token_type_ids` mark the second one where the
-    tokenizer has segments. Token classification labels every sub-token (`tokens.align`)."""
+    tokenizer has segments. Token classification labels every sub-token (`tokens.align`); language modeling
+    reads no label column, its targets are the text's own tokens."""
     from tasks.taskpool.base import task
 
     kind = task(task_type, label2id)
-    words = get_task_type(task_type).words
+    words, labelled = get_task_type(task_type).words, get_task_type(task_type).labelled
+    label_column = label_column if labelled else None
     sources = [sources] if isinstance(sources, str) else list(sources)
     texts, pairs, labels, origin = [], [], [], []
     for index, source in enumerate(sources):
@@ -159,7 +163,8 @@ def encode(
         texts += source_texts
         if source_pairs is not None:
             pairs += source_pairs
-        labels.append(kind.encode_labels(raw, label2id=label2id, num_labels=num_labels, source=source))
+        if labelled:
+            labels.append(kind.encode_labels(raw, label2id=label2id, num_labels=num_labels, source=source))
         origin.append(torch.full((len(source_texts),), index, dtype=torch.int32))
     if words:
         tokens = tokenizer(texts, is_split_into_words=True, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
@@ -180,6 +185,8 @@ def encode(
         tags = [row for part in labels for row in part]
         # Words cut off by max_length are scored neither as gold nor as predictions: size max_length to the data.
         label_tensor = torch.tensor([align(tokens.word_ids(i), tags[i]) for i in range(len(tags))], dtype=torch.int32)
+    elif not labelled:
+        label_tensor = kind.targets(tokens["input_ids"], tokens["attention_mask"])
     else:
         label_tensor = torch.cat(labels)
     return {
@@ -215,9 +222,10 @@ def validation_mask(source: torch.Tensor, fraction: float, seed: int) -> torch.T
     return mask
 
 
-def table(sources: str | Sequence[str], text_column: str, label_column: str, text_pair_column: str | None = None, words: bool = False):
+def table(sources: str | Sequence[str], text_column: str, label_column: str | None, text_pair_column: str | None = None, words: bool = False):
     """The raw rows of an evaluation set as a pandas frame (what MLflow records as a run input, its digest
-    included: the pair column is part of the data's identity). Words and tags are joined by spaces."""
+    included: the pair column is part of the data's identity). Words and tags are joined by spaces; without a
+    label column (language modeling) the frame has none."""
     import pandas as pd
 
     frames = []
@@ -226,7 +234,8 @@ def table(sources: str | Sequence[str], text_column: str, label_column: str, tex
         if words:
             texts, raw = [" ".join(t) for t in texts], [" ".join(map(str, tags)) for tags in raw]
         second = {} if pairs is None else {text_pair_column: pairs}
-        frames.append(pd.DataFrame({text_column: texts, **second, label_column: raw, "source": source}))
+        labels = {} if label_column is None else {label_column: raw}
+        frames.append(pd.DataFrame({text_column: texts, **second, **labels, "source": source}))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -23,6 +23,8 @@ class TaskType:
     # Rows are lists of words with one tag each (token classification): tokenised as split words, each word's
     # tag on its first sub-token.
     words: bool = False
+    # Rows carry a label (or tags, or a number). Language modeling reads text alone: its targets are its tokens.
+    labelled: bool = True
 
     def load(self) -> Any:
         module, name = self.impl.split(":")
@@ -41,6 +43,7 @@ TASK_TYPES: dict[str, TaskType] = {
             ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
             words=True,
         ),
+        TaskType("language_modeling", "tasks.taskpool.language:LanguageModeling", "AutoModelForCausalLM", ("neg_perplexity", "neg_loss"), labelled=False),
     )
 }
 
