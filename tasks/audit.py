@@ -65,14 +65,19 @@ def _verify_task(report: dict[str, Any], tracking_uri: str, cfg, spec, artifact:
     from transformers.utils import logging as hf_logging
 
     from tasks import modelpool, taskpool
+    from tasks.taskpool.rank import prompting
 
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         folder = tracking.download_model(tracking_uri, report["run_id"], Path(tmp), artifact)
         tokenizer = modelpool.load_tokenizer(folder)
         model = modelpool.load_model(folder, spec.task_type, cfg.dtype)
+        settings = prompting(spec, folder)
     model.to(modelpool.pick_device(cfg.device)).eval()
-    label2id = {str(k): int(v) for k, v in model.config.label2id.items()}
+    if taskpool.get_task_type(spec.task_type).head_labels:
+        label2id, num_labels = {str(k): int(v) for k, v in model.config.label2id.items()}, model.config.num_labels
+    else:  # a generative model's labels are the config's
+        label2id, num_labels = {name: i for i, name in enumerate(spec.label_names)}, len(spec.label_names)
     # The dev set exactly as init_population encoded it, so every example is scored in the same batch.
     data = taskpool.encode(
         spec.dev_sources + spec.validation_sources,
@@ -80,16 +85,17 @@ def _verify_task(report: dict[str, Any], tracking_uri: str, cfg, spec, artifact:
         text_column=spec.text_column,
         label_column=spec.label_column,
         label2id=label2id,
-        num_labels=model.config.num_labels,
+        num_labels=num_labels,
         max_length=spec.max_length,
         text_pair_column=spec.text_pair_column,
         task_type=spec.task_type,
+        **settings,
     )
     rows = range(len(data["labels"]))
     marks = taskpool.validation_rows(data["source"], validation=spec.validation, dev_sources=len(spec.dev_sources), seed=cfg.seed)
     task = taskpool.task(spec.task_type, label2id)
     fitness_rows, _ = task.score(
-        model, data, rows, batch_size=spec.batch_size, batch_tokens=spec.batch_tokens, num_labels=model.config.num_labels, groups=marks.long(), n_groups=2
+        model, data, rows, batch_size=spec.batch_size, batch_tokens=spec.batch_tokens, num_labels=num_labels, groups=marks.long(), n_groups=2
     )
     scores = task.metrics(fitness_rows)  # `dev_*` covers the rows fitness sees
     logged = report["final"][f"{logged_as}_{spec.metric}"]

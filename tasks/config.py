@@ -10,6 +10,7 @@ This module must stay light (pydantic and yaml only): the DAG file imports it at
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,16 @@ class DataConfig(_Strict):
     task_type: Literal[TASK_TYPE_NAMES] = Field(  # type: ignore[valid-type]
         TASK_TYPE_NAMES[0], title="Task type", description="sequence_classification | regression | token_classification | language_modeling"
     )
+    # rank_classification scores a generative model (a causal LM, or T5) as a classifier, without sampling: each
+    # example is rendered through `prompt` ({text}, and {text_pair} for pairs), and the predicted label is the one
+    # whose verbalizer has the highest summed log-probability after it (a causal LM's continuation, T5's decoder
+    # target). `verbalizers` name the labels in order, {label: text}, or a list of labels that are their own
+    # text. A verbalizer is tokenised on its own: start it with a space where the tokenizer marks word starts
+    # (GPT-2's " positive"). null prompt: the text (and pair) joined by a space.
+    prompt: str | None = Field(None, title="Prompt", description="rank_classification: a template with {text} (and {text_pair}); null: the text itself.")
+    verbalizers: dict[str, str] | list[str] | None = Field(
+        None, title="Verbalizers", description="rank_classification: {label: text} or a list of labels (their own text), in label order."
+    )
     # 64 tokens covers the median tweet many times over; raise it for longer documents.
     max_length: int = Field(64, ge=8, le=4096, title="Max tokens")
     # Evaluation batch size. Shards are cut on batch boundaries, so scores do not depend on the shard count.
@@ -93,6 +104,38 @@ class DataConfig(_Strict):
         if unknown:
             raise ValueError(f"out_of_domain names {unknown} are not keys of heldout {sorted(self.heldout)}")
         return self
+
+    @model_validator(mode="after")
+    def _prompts_for_generative_models(self) -> DataConfig:
+        if self.task_type != "rank_classification":
+            given = [k for k in ("prompt", "verbalizers") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only task_type rank_classification reads them")
+            return self
+        if not self.verbalizers or len(self.verbalizers) < 2:
+            raise ValueError("rank_classification needs verbalizers for at least two labels ({label: text}, or a list of labels)")
+        texts = self.verbalizer_texts
+        if any(not t for t in texts) or len(set(texts)) < len(texts):
+            raise ValueError(f"verbalizers must be non-empty and distinct, got {texts}")
+        fields = {name for _, name, _, _ in string.Formatter().parse(self.prompt_template) if name is not None}
+        wanted = {"text", "text_pair"} if self.text_pair_column else {"text"}
+        if fields != wanted:
+            raise ValueError(f"prompt must name {sorted(wanted)} (in braces) and nothing else; it names {sorted(fields)}")
+        return self
+
+    @property
+    def label_names(self) -> list[str]:
+        """rank_classification: the labels, in order (their ids)."""
+        return list(self.verbalizers or [])
+
+    @property
+    def verbalizer_texts(self) -> list[str]:
+        v = self.verbalizers or []
+        return [v[label] for label in v] if isinstance(v, dict) else [str(label) for label in v]
+
+    @property
+    def prompt_template(self) -> str:
+        return self.prompt if self.prompt is not None else ("{text} {text_pair}" if self.text_pair_column else "{text}")
 
     @model_validator(mode="after")
     def _words_come_alone(self) -> DataConfig:

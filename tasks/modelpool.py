@@ -260,13 +260,20 @@ def _architecture(folder: Path) -> tuple[str, tuple[str, ...], int]:
     return config.get("model_type", "?"), tuple(config.get("architectures") or ()), labels(folder)[1]
 
 
-def auto_class(task_type: str):
-    """The transformers Auto class whose head scores `task_type` (AutoModelForSequenceClassification, ...)."""
+def is_encoder_decoder(folder: Path | str) -> bool:
+    return bool(json.loads((Path(folder) / "config.json").read_text()).get("is_encoder_decoder"))
+
+
+def auto_class(task_type: str, folder: Path | str | None = None):
+    """The transformers Auto class whose head scores `task_type` (AutoModelForSequenceClassification, ...); for
+    the checkpoint in `folder`, where the type scores decoders and encoder-decoders alike (T5: Seq2SeqLM)."""
     import transformers
 
     from tasks.taskpool.registry import get_task_type
 
-    return getattr(transformers, get_task_type(task_type).auto_class)
+    kind = get_task_type(task_type)
+    seq2seq = kind.seq2seq_auto_class is not None and folder is not None and is_encoder_decoder(folder)
+    return getattr(transformers, kind.seq2seq_auto_class if seq2seq else kind.auto_class)
 
 
 def meta_model(folder: Path, task_type: str = "sequence_classification") -> torch.nn.Module:
@@ -274,7 +281,7 @@ def meta_model(folder: Path, task_type: str = "sequence_classification") -> torc
     from transformers import AutoConfig
 
     with torch.device("meta"):
-        return auto_class(task_type).from_config(AutoConfig.from_pretrained(folder))
+        return auto_class(task_type, folder).from_config(AutoConfig.from_pretrained(folder))
 
 
 def mergeable_names(folder: Path, exclude: Sequence[str], task_type: str = "sequence_classification") -> list[str]:
@@ -394,7 +401,7 @@ def load_tokenizer(folder: Path | str):
 
 def load_model(folder: Path | str, task_type: str = "sequence_classification", dtype: str = "checkpoint") -> torch.nn.Module:
     """The checkpoint with its `task_type` head, its config's pad_token_id set as `load_tokenizer` pads."""
-    model = auto_class(task_type).from_pretrained(folder, dtype=load_dtype(dtype))
+    model = auto_class(task_type, folder).from_pretrained(folder, dtype=load_dtype(dtype))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id(folder)
     return model

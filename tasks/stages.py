@@ -156,7 +156,10 @@ def download_models(
     tasks = []
     for index, spec in enumerate(specs):
         folder = folders[index]  # cross-task: member i's head scores task i; single-task: the first member's
-        label2id, num_labels = modelpool.labels(folder)
+        if taskpool.get_task_type(spec.task_type).head_labels:
+            label2id, num_labels = modelpool.labels(folder)
+        else:  # a generative model's labels are the config's (rank classification's verbalizers; none for LMs)
+            label2id, num_labels = {name: i for i, name in enumerate(spec.label_names)}, len(spec.label_names)
         where = f"task {spec.name}: {cfg.models[index]}" if cfg.cross_task else str(cfg.models[index])
         taskpool.task(spec.task_type, label2id).check_head(num_labels, modelpool.architectures(folder), where)
         prefix = f"/{spec.name}" if cfg.cross_task else ""
@@ -226,6 +229,7 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
         return done
     import torch
     from tasks import modelpool, taskpool
+    from tasks.taskpool.rank import prompting
 
     cfg = run.cfg
     tokenizer = modelpool.load_tokenizer(run.template())  # the members share one (check_compatible, shared_body)
@@ -249,6 +253,7 @@ def init_population(conf: dict[str, Any], run_id: str) -> dict[str, Any]:
                 max_length=spec.max_length,
                 text_pair_column=spec.text_pair_column,
                 task_type=spec.task_type,
+                **prompting(spec, run.template(task)),
             )
             if name == "dev":
                 batches = len(taskpool.batch_bounds(encoded["lengths"], spec.batch_size, spec.batch_tokens)) - 1
@@ -319,7 +324,7 @@ def _ensure_statistics(run: Run, generation: int, members: list[str]) -> None:
         if run.store.exists(key):
             continue
         task = run.task_of_member(i)
-        compute = partial(statistics.fisher_diagonals, loss=task.impl.fisher_loss) if fisher else statistics.input_grams
+        compute = partial(statistics.fisher_diagonals if fisher else statistics.input_grams, kind=task.impl)
         data = _fitness_rows(run.store.get_tensors(f"{task.data}/dev.safetensors"))
         # Statistics in float32 whatever the evaluation dtype: Fisher squares gradients, RegMean sums Gram matrices.
         model = modelpool.model_with(run.template(task), _member_tensors(run, member), device, "float32", task.spec.task_type)
@@ -1082,7 +1087,8 @@ def _champion_gate(run: Run, versions: dict[str, str], challenger: dict[str, flo
                 reason = f"champion version {champion.version} of {name} is a {', '.join(heads) or 'model'} of another task type; it stays, compare by hand"
                 return {"promoted": False, "champion_before": before, "decided_by": "labels", "reason": reason}
             model = modelpool.load_model(folder, task.spec.task_type, cfg.dtype)
-        if model.config.num_labels != task.num_labels or {str(k): v for k, v in model.config.label2id.items()} != task.label2id:
+        head_labels = taskpool.get_task_type(task.spec.task_type).head_labels  # a generative model's are the config's
+        if head_labels and (model.config.num_labels != task.num_labels or {str(k): v for k, v in model.config.label2id.items()} != task.label2id):
             reason = f"champion version {champion.version} of {name} has other labels ({model.config.label2id}); it stays, compare by hand"
             return {"promoted": False, "champion_before": before, "decided_by": "labels", "reason": reason}
         models.append(model.to(modelpool.pick_device(cfg.device)).eval())

@@ -72,14 +72,17 @@ def tiny_cross_task(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_decoders(tmp_path_factory):
-    """(family, head) -> a tiny GPT-2 or Llama population without a pad token, built on first use: sequence
-    classifiers (head "sequence") or causal LMs (head "lm"; GPT-2's tied, Llama's untied)."""
+    """(family, head) -> a tiny population, built on first use: GPT-2 or Llama without a pad token, as sequence
+    classifiers (head "sequence") or causal LMs (head "lm"; GPT-2's tied, Llama's untied), or T5 ("t5", "lm")."""
     built: dict = {}
 
     def get(family: str, head: str = "sequence"):
         if (family, head) not in built:
-            build = tiny.build_decoder if head == "sequence" else tiny.build_causal_lm
-            built[family, head] = build(tmp_path_factory.mktemp(f"tiny-{family}-{head}"), family)
+            folder = tmp_path_factory.mktemp(f"tiny-{family}-{head}")
+            if family == "t5":
+                built[family, head] = tiny.build_t5(folder)
+            else:
+                built[family, head] = (tiny.build_decoder if head == "sequence" else tiny.build_causal_lm)(folder, family)
         return built[family, head]
 
     return get

@@ -1,6 +1,7 @@
 """Decoder-only members: GPT-2 and Llama sequence classifiers and causal LMs, shipped without a pad token."""
 
 import json
+import re
 import shutil
 
 import pytest
@@ -184,3 +185,92 @@ def test_bf16_members_in_sharded_safetensors_fuse_in_their_dtype(tiny_decoders, 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     check = audit.verify(audit.collect(summary["mlflow_run_id"], uri), uri)
     assert check["match"] and check["recomputed"] == summary["final"]["dev"]["neg_perplexity"]
+
+
+def _rank_config(population, tmp_path, **overrides):
+    data = {"dev": [str(p) for p in population["labelled_dev"]], "heldout": {k: str(v) for k, v in population["labelled_test"].items()}}
+    rank = {"task_type": "rank_classification", "prompt": tiny.PROMPT, "verbalizers": tiny.VERBALIZERS}
+    return _config(population, tmp_path, data={**data, **rank, **overrides.pop("data", {})}, **overrides)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_rank_classification_sums_every_verbalizer_token_after_the_prompt(tiny_decoders, family):
+    """Each label's score is its whole verbalizer's log-probability after the prompt ("very positive" is two
+    tokens), as the model gives it for prompt and verbalizer alone: a causal LM's continuation, T5's target."""
+    from tasks import taskpool
+
+    member = tiny_decoders(family, "lm")["members"][0]
+    tokenizer, model = modelpool.load_tokenizer(member), modelpool.load_model(member, "rank_classification").eval()
+    rows = tiny.sentences("books", 12, seed=4)
+    source = tiny.write_csv(member.parent.parent / "rank_check.csv", rows)
+    labels = list(tiny.VERBALIZERS)
+    data = taskpool.encode(
+        str(source), tokenizer=tokenizer, text_column="text", label_column="label", label2id={name: i for i, name in enumerate(labels)},
+        num_labels=3, max_length=64, task_type="rank_classification", prompt=tiny.PROMPT, verbalizers=list(tiny.VERBALIZERS.values()),
+        seq2seq=family == "t5",
+    )  # fmt: skip
+    kind = taskpool.task("rank_classification")
+    with torch.no_grad():
+        width = int(data["lengths"].max())
+        scores = kind.forward(model, {name: data[name][..., :width].long() for name in kind.inputs})
+        expected = torch.zeros(len(rows), len(labels))
+        for i, (text, _) in enumerate(rows):
+            prompt = tiny.PROMPT.format(text=text)
+            for k, verbalizer in enumerate(tiny.VERBALIZERS.values()):
+                if family == "t5":
+                    target = tokenizer(verbalizer, return_tensors="pt")["input_ids"]  # ends with </s>
+                    loss = model(**tokenizer(prompt, return_tensors="pt"), labels=target).loss
+                    expected[i, k] = -loss * target.shape[1]
+                else:
+                    n = len(tokenizer(verbalizer)["input_ids"])
+                    ids = tokenizer(f"{prompt} {verbalizer}", return_tensors="pt")["input_ids"]
+                    log_probs = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+                    expected[i, k] = log_probs[-n:].gather(-1, ids[0, -n:, None]).sum()
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-4)
+    assert len(tokenizer(tiny.VERBALIZERS["positive"], add_special_tokens=False)["input_ids"]) == 2
+    assert len(set(scores.argmax(1).tolist())) > 1  # the members learned the verbalizers: not one label for all
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "t5"])
+def test_generative_members_fuse_by_rank_classification_shard_invariant(tiny_decoders, tmp_path, family):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    population = tiny_decoders(family, "lm")
+    config = _rank_config(population, tmp_path, merger="ties", base_model=str(population["base"]))
+    one = _run(config, tmp_path / "one", "--set", "shards=1")
+    three = _run(config, tmp_path / "three", "--set", "shards=3", "--set", f"store={tmp_path / 'store3'}", "--set", "registered_model=null")
+    assert one["generations"] == three["generations"] and one["fused_model_sha256"] == three["fused_model_sha256"]
+    assert 0 < one["final"]["dev"]["macro_f1"] < 1 and one["final"]["dev"]["n"] == 80
+    folder = one["fused_model_uri"].removeprefix("file://")
+    auto = AutoModelForSeq2SeqLM if family == "t5" else AutoModelForCausalLM
+    assert type(auto.from_pretrained(folder)).__name__ == {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "t5": "T5ForConditionalGeneration"}[family]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    check = audit.verify(audit.collect(one["mlflow_run_id"], uri), uri)
+    assert check["match"] and check["recomputed"] == one["final"]["dev"]["macro_f1"]
+
+
+def test_bad_generative_configs_fail_before_compute(tiny_decoders, tmp_path, capsys):
+    from tasks.config import ConfigError, EvolverConfig
+
+    gpt2, t5 = tiny_decoders("gpt2", "lm"), tiny_decoders("t5", "lm")
+    cases = {
+        "no verbalizers": ({"verbalizers": None}, "needs verbalizers"),
+        "a prompt without {text}": ({"prompt": "so it was"}, "prompt must name ['text']"),
+        "a prompt with another field": ({"prompt": "{text} {topic}"}, "it names ['text', 'topic']"),
+        "verbalizers for another task type": ({"task_type": "sequence_classification"}, "only task_type rank_classification"),
+        "two labels with one verbalizer": ({"verbalizers": {"negative": "bad", "neutral": "bad", "positive": "good"}}, "distinct"),
+    }
+    for name, (data, words) in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            EvolverConfig.from_yaml(_rank_config(gpt2, tmp_path / name, data=data))
+
+    # A data label with no verbalizer, and members of two families: refused before anything is computed.
+    odd = tiny.write_csv(tmp_path / "odd.csv", [("the novel was gripping", "positive"), ("yeah right", "sarcastic")])
+    broken = {
+        "label": (_rank_config(gpt2, tmp_path / "label", data={"dev": str(odd)}), "['sarcastic']"),
+        "families": (_rank_config({**gpt2, "members": [gpt2["members"][0], t5["members"][0]]}, tmp_path / "families"), "incompatibilit"),
+    }
+    for name, (config, words) in broken.items():
+        assert main(["run", str(config), "--output", str(tmp_path / name / "out")]) == 2, name
+        assert words in capsys.readouterr().err, name
+        assert not list((tmp_path / name / "store").glob("*/gen=*")), name

@@ -336,10 +336,15 @@ def word_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = ["<unk>", "<eos>", *vocabulary()[5:]]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    words = ["<unk>", "<eos>", *vocabulary()[5:], *PROMPT.split()[1:], *LABELS]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="<eos>")
+
+
+# Generative members learn to continue a sentence with its label: what rank classification reads back.
+PROMPT = "{text} so it was"
+VERBALIZERS = {"negative": "negative", "neutral": "neutral", "positive": "very positive"}  # one of two tokens
 
 
 def decoder_model(family: str, seed: int = 0):
@@ -396,18 +401,60 @@ def causal_lm(family: str, seed: int = 0):
     return LlamaForCausalLM(LlamaConfig(vocab_size=size, max_position_embeddings=64, tie_word_embeddings=False, **shape, **eos))
 
 
-def build_causal_lm(root: Path, family: str, steps: int = 40) -> dict[str, Path | list[Path]]:
+def build_causal_lm(root: Path, family: str, steps: int = 150) -> dict[str, Path | list[Path]]:
     """An untrained base and a books and a food causal LM of `family`, each trained on its domain's sentences;
     dev and test sets of text alone (one `text` column) under root/data."""
     tok, padded = word_tokenizer(), word_tokenizer()
     padded.pad_token = padded.eos_token
 
     def encode_batch(batch):
-        enc = padded([t for t, _ in batch], padding=True, return_tensors="pt")
+        enc = padded([f"{PROMPT.format(text=t)} {VERBALIZERS[label]}" for t, label in batch], padding=True, return_tensors="pt")
         return {**enc, "labels": enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)}
 
     base_dir, members = _build_members(root, tok, lambda: causal_lm(family), lambda d: sentences(d, 200, seed=1), encode_batch, steps)
-    data = root / "data"
-    dev = [write_csv(data / f"{d}_dev.csv", [(t,) for t, _ in sentences(d, 40, seed=2)], ("text",)) for d in ("books", "food")]
-    test = {d: write_csv(data / f"{d}_test.csv", [(t,) for t, _ in sentences(d, 40, seed=3)], ("text",)) for d in ("books", "food", "travel")}
-    return {"base": base_dir, "members": members, "dev": dev, "test": test}
+    return {"base": base_dir, "members": members, **_generative_data(root / "data")}
+
+
+def _generative_data(data: Path) -> dict:
+    """Dev and test sets of text alone (`dev`, `test`: language modeling) and of text and label (`labelled_dev`,
+    `labelled_test`: rank classification)."""
+    out: dict = {}
+    for key, columns in (("", ("text",)), ("labelled_", ("text", "label"))):
+        rows = {(d, seed): [row[: len(columns)] for row in sentences(d, 40, seed=seed)] for d in ("books", "food", "travel") for seed in (2, 3)}
+        out[f"{key}dev"] = [write_csv(data / f"{key}{d}_dev.csv", rows[d, 2], columns) for d in ("books", "food")]
+        out[f"{key}test"] = {d: write_csv(data / f"{key}{d}_test.csv", rows[d, 3], columns) for d in ("books", "food", "travel")}
+    return out
+
+
+def t5_tokenizer():
+    """`word_tokenizer`'s words with T5's conventions: a pad token (id 0) and </s> after every text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = word_tokenizer().get_vocab()
+    words = ["<pad>", "</s>", "<unk>", *sorted(vocab, key=vocab.get)[2:]]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", eos_token="</s>", pad_token="<pad>")
+
+
+def build_t5(root: Path, steps: int = 60) -> dict:
+    """An untrained base and a books and a food T5 (2 layers each side, d_model 32), each trained to write the
+    label's verbalizer for the prompt; data as `build_causal_lm`'s."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tok = t5_tokenizer()
+
+    def make_model():
+        torch.manual_seed(0)
+        shape = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 2}
+        return T5ForConditionalGeneration(T5Config(vocab_size=len(tok), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **shape))
+
+    def encode_batch(batch):
+        enc = tok([PROMPT.format(text=t) for t, _ in batch], padding=True, return_tensors="pt")
+        target = tok([VERBALIZERS[label] for _, label in batch], padding=True, return_tensors="pt")
+        return {**enc, "labels": target["input_ids"].masked_fill(target["attention_mask"] == 0, -100)}
+
+    base_dir, members = _build_members(root, tok, make_model, lambda d: sentences(d, 200, seed=1), encode_batch, steps)
+    return {"base": base_dir, "members": members, **_generative_data(root / "data")}

@@ -15,31 +15,30 @@ requires_grad flags. Results are float32 on the CPU, keyed by parameter name.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
-from tasks.taskpool import MODEL_INPUTS, task
+from tasks.taskpool import MODEL_INPUTS, Task, task
 
 
 def _batches(
-    data: dict[str, torch.Tensor], *, batches: int, batch_size: int, seed: int, device: torch.device
+    data: dict[str, torch.Tensor], *, batches: int, batch_size: int, seed: int, device: torch.device, names: Sequence[str] = MODEL_INPUTS
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """The model inputs (input_ids, attention_mask and, for sentence pairs, token_type_ids) of the first `batches`
-    batches of a seeded permutation, each cut to its longest row."""
+    """The inputs a task type's forward pass reads (`names`: input_ids, attention_mask and, for sentence pairs,
+    token_type_ids) of the first `batches` batches of a seeded permutation, each cut to its longest row."""
     order = torch.randperm(len(data["labels"]), generator=torch.Generator(device="cpu").manual_seed(seed))
     for start in range(0, min(batches * batch_size, len(order)), batch_size):
         rows = order[start : start + batch_size]
         width = int(data["lengths"][rows].max())
-        yield {name: data[name][rows, :width].long().to(device) for name in MODEL_INPUTS if name in data}
+        yield {name: data[name][rows, ..., :width].long().to(device) for name in names if name in data}
 
 
 def fisher_diagonals(
-    model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int, loss: Callable | None = None
+    model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int, kind: Task | None = None
 ) -> dict[str, torch.Tensor]:
-    """`loss(logits, inputs)`: the task type's Fisher loss; None: sequence classification's."""
-    if loss is None:
-        loss = task("sequence_classification").fisher_loss
+    """`kind`: the task type, whose forward pass and Fisher loss are used; None: sequence classification."""
+    kind = kind or task("sequence_classification")
     params = dict(model.named_parameters())
     flags = {name: p.requires_grad for name, p in params.items()}
     covered = {name: params[name] for name in names if name in params}
@@ -51,8 +50,8 @@ def fisher_diagonals(
             p.requires_grad_(name in covered)
             p.grad = None
         with torch.enable_grad():
-            for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
-                loss(model(**inputs).logits, inputs).backward()
+            for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device, names=kind.inputs):
+                kind.fisher_loss(kind.forward(model, inputs), inputs).backward()
                 rows = len(inputs["input_ids"])
                 for name, p in covered.items():
                     if p.grad is not None:  # a parameter the forward pass did not use (e.g. an unused pooler)
@@ -79,7 +78,11 @@ def input_major_weights(model) -> list[str]:
 
 
 @torch.no_grad()
-def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int) -> dict[str, torch.Tensor]:
+def input_grams(
+    model, data: dict[str, torch.Tensor], names: list[str], *, batches: int, batch_size: int, seed: int, kind: Task | None = None
+) -> dict[str, torch.Tensor]:
+    """`kind`: the task type, whose forward pass feeds the layers; None: sequence classification."""
+    kind = kind or task("sequence_classification")
     wanted = set(names)
     linears = {f"{name}.weight": module for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) or _is_conv1d(module)}
     layers = {name: module for name, module in linears.items() if name in wanted}
@@ -112,9 +115,10 @@ def input_grams(model, data: dict[str, torch.Tensor], names: list[str], *, batch
     device = next(model.parameters()).device
     handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     try:
-        for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device):
-            mask = inputs["attention_mask"]
-            model(**inputs)
+        for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device, names=kind.inputs):
+            # Rank classification reads every label's sequence of a row: rows x labels x tokens, flattened by forward.
+            mask = inputs["attention_mask"].reshape(-1, inputs["attention_mask"].shape[-1])
+            kind.forward(model, inputs)
             last[:] = [None, None, 0]
     finally:
         for handle in handles:

@@ -33,6 +33,8 @@ class Task:
     """One task type. Statistics are JSON values that `add` sums exactly, in any grouping of the same rows."""
 
     name: str
+    # The encoded tensors `forward` reads (rows first, tokens last; those the data lacks are left out).
+    inputs: tuple[str, ...] = MODEL_INPUTS
 
     def __init__(self, label2id: dict[str, int] | None = None):
         # The members' label names: token classification reads entity types from them.
@@ -63,6 +65,10 @@ class Task:
         are the targets, so no labels are needed)."""
         raise NotImplementedError
 
+    def forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What one batch gives the scorer and the Fisher loss: the model's logits."""
+        return model(**{name: inputs[name] for name in MODEL_INPUTS if name in inputs}).logits
+
     def check_head(self, num_labels: int, architectures: Sequence[str], where: str) -> None:
         """Refuse a checkpoint whose head cannot score this task type (before any compute)."""
 
@@ -89,7 +95,7 @@ class Task:
         bounds = batch_bounds(data["lengths"], batch_size, batch_tokens, rows.start, rows.stop)
         part = slice(rows.start, rows.stop)
         width = int(data["lengths"][part].max())
-        inputs = {name: data[name][part, :width].to(device, non_blocking=True).long() for name in MODEL_INPUTS if name in data}
+        inputs = {name: data[name][part, ..., :width].to(device, non_blocking=True).long() for name in self.inputs if name in data}
         labels = data["labels"][part]
         labels = (labels[:, :width] if labels.dim() == 2 else labels).to(device)
         group = groups[part].to(device).long() if groups is not None else torch.zeros(len(rows), dtype=torch.long, device=device)
@@ -97,7 +103,7 @@ class Task:
         for start, stop in zip(bounds[:-1], bounds[1:]):
             batch = slice(start - rows.start, stop - rows.start)
             width = int(widths[batch].max())  # pad only to the longest example of this batch
-            logits = model(**{name: tensor[batch, :width] for name, tensor in inputs.items()}).logits
+            logits = self.forward(model, {name: tensor[batch, ..., :width] for name, tensor in inputs.items()})
             scorer.update(logits, labels[batch, :width] if labels.dim() == 2 else labels[batch], group[batch])
         return scorer.result()
 

@@ -139,12 +139,16 @@ def encode(
     max_length: int,
     text_pair_column: str | None = None,
     task_type: str = "sequence_classification",
+    prompt: str | None = None,
+    verbalizers: Sequence[str] | None = None,
+    seq2seq: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Tokenise one evaluation set (sources concatenated) into padded tensors plus per-example lengths and the
     index of the source each example came from (what per-domain fitness and the validation split group by).
     With a pair column every example is a pair of texts, and `token_type_ids` mark the second one where the
     tokenizer has segments. Token classification labels every sub-token (`tokens.align`); language modeling
-    reads no label column, its targets are the text's own tokens."""
+    reads no label column, its targets are the text's own tokens. Rank classification renders each example
+    through `prompt` once per label's verbalizer (`rank.encode_choices`; `seq2seq`: for T5)."""
     from tasks.taskpool.base import task
 
     kind = task(task_type, label2id)
@@ -166,6 +170,11 @@ def encode(
         if labelled:
             labels.append(kind.encode_labels(raw, label2id=label2id, num_labels=num_labels, source=source))
         origin.append(torch.full((len(source_texts),), index, dtype=torch.int32))
+    if verbalizers is not None:
+        from tasks.taskpool.rank import encode_choices
+
+        choices = encode_choices(tokenizer, texts, pairs or None, prompt=prompt or "{text}", verbalizers=verbalizers, max_length=max_length, seq2seq=seq2seq)
+        return {**choices, "labels": torch.cat(labels), "source": torch.cat(origin)}
     if words:
         tokens = tokenizer(texts, is_split_into_words=True, truncation=True, max_length=max_length, padding="longest", return_tensors="pt")
     elif text_pair_column is None:

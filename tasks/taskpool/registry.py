@@ -1,9 +1,10 @@
 """Name -> task type, the way `tasks.merge.registry` names merging methods. Torch-free: `tasks.config` reads it
 at DAG-parse time.
 
-Task types differ in four things only: how rows are labelled (`encode_labels`, and for token classification
-how word tags meet sub-tokens), which `AutoModelFor...` class scores them, which sufficient statistics a shard
-returns, and which metrics come from summed statistics. Everything else (data sources, tokenisation, shards,
+Task types differ in five things only: how rows are labelled (`encode_labels`, and for token classification
+how word tags meet sub-tokens), which `AutoModelFor...` class scores them, what a batch's forward pass gives
+the scorer (`Task.forward`: logits, or rank classification's summed log-probabilities of each label's
+verbalizer), which sufficient statistics a shard returns, and which metrics come from summed statistics. Everything else (data sources, tokenisation, shards,
 fitness aggregates) is shared, so the stages never branch on the task type.
 """
 
@@ -25,6 +26,11 @@ class TaskType:
     words: bool = False
     # Rows carry a label (or tags, or a number). Language modeling reads text alone: its targets are its tokens.
     labelled: bool = True
+    # The labels are the head's (config.json's label2id); generative models have no such head: the config's
+    # verbalizers name the labels (rank classification).
+    head_labels: bool = True
+    # The Auto class for an encoder-decoder checkpoint (T5), where the type scores both kinds of generative model.
+    seq2seq_auto_class: str | None = None
 
     def load(self) -> Any:
         module, name = self.impl.split(":")
@@ -43,7 +49,15 @@ TASK_TYPES: dict[str, TaskType] = {
             ("entity_f1", "entity_precision", "entity_recall", "token_accuracy"),
             words=True,
         ),
-        TaskType("language_modeling", "tasks.taskpool.language:LanguageModeling", "AutoModelForCausalLM", ("neg_perplexity", "neg_loss"), labelled=False),
+        TaskType("language_modeling", "tasks.taskpool.language:LanguageModeling", "AutoModelForCausalLM", ("neg_perplexity", "neg_loss"), labelled=False, head_labels=False),
+        TaskType(
+            "rank_classification",
+            "tasks.taskpool.rank:RankClassification",
+            "AutoModelForCausalLM",
+            ("macro_f1", "accuracy", "mcc"),
+            head_labels=False,
+            seq2seq_auto_class="AutoModelForSeq2SeqLM",
+        ),
     )
 }
 

@@ -131,14 +131,11 @@ def test_a_cross_task_run_on_the_dag_gives_the_cli_result(dag, tiny_cross_task, 
     assert from_dag["fused_model_sha256"] == from_cli["fused_model_sha256"]
 
 
-def test_a_decoder_run_on_the_dag_gives_the_cli_result(dag, tiny_decoders, tmp_path):
-    """GPT-2 members without a pad token, RegMean over their Conv1D weights: the DAG and the CLI agree."""
+def _dag_and_cli_agree(dag, config, tmp_path) -> None:
+    """The config run by dag.test and by the CLI: the same dev report, lineage of generations and weights."""
     from tasks.cli import main
     from tasks.config import EvolverConfig
-    from tests.test_task_types import _config
 
-    population = tiny_decoders("gpt2")
-    config = _config(population, tmp_path, merger="regmean", generations=1, registered_model=None)
     run = dag.test(run_conf=EvolverConfig.from_yaml(config).resolved())
     assert run.state == "success"
     [summary_file] = (tmp_path / "store").glob("manual*/final/summary.json")
@@ -147,3 +144,16 @@ def test_a_decoder_run_on_the_dag_gives_the_cli_result(dag, tiny_decoders, tmp_p
     from_cli = json.loads((tmp_path / "cli" / "summary.json").read_text())
     assert from_dag["final"]["dev"] == from_cli["final"]["dev"] and from_dag["generations"] == from_cli["generations"]
     assert from_dag["fused_model_sha256"] == from_cli["fused_model_sha256"]
+
+
+def test_a_decoder_run_on_the_dag_gives_the_cli_result(dag, tiny_decoders, tmp_path):
+    """GPT-2 members without a pad token, RegMean over their Conv1D weights."""
+    from tests.test_task_types import _config
+
+    _dag_and_cli_agree(dag, _config(tiny_decoders("gpt2"), tmp_path, merger="regmean", generations=1, registered_model=None), tmp_path)
+
+
+def test_a_t5_rank_classification_run_on_the_dag_gives_the_cli_result(dag, tiny_decoders, tmp_path):
+    from tests.test_families import _rank_config
+
+    _dag_and_cli_agree(dag, _rank_config(tiny_decoders("t5", "lm"), tmp_path, merger="fisher", generations=1, registered_model=None), tmp_path)
