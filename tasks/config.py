@@ -193,8 +193,12 @@ class TaskConfig(DataConfig):
 
 
 class EvolverConfig(_Strict):
-    # Fine-tuned checkpoints of one base model: local folders or hub ids. At least two: the mutation needs a reference.
-    models: list[str] = Field(..., min_length=2, title="Models", description="Fine-tuned checkpoints (local folders or hub ids).")
+    # Fine-tuned checkpoints of one base model: local folders, s3:// prefixes, hub ids, or Model Registry versions
+    # (models:/<name>@<alias>, models:/<name>/<version>: the champion can take part). At least two: the mutation
+    # needs a reference.
+    models: list[str] = Field(
+        ..., min_length=2, title="Models", description="Fine-tuned checkpoints: local folders, s3:// prefixes, hub ids, or models:/<name>@<alias>."
+    )
     # The pre-trained model the members were fine-tuned from. Needed by the merging methods that work on task
     # vectors (task_arithmetic, ties, dare); tensors it lacks (a fresh classification head) are averaged instead.
     base_model: str | None = Field(None, title="Base model", description="Pre-trained checkpoint; needed by task_arithmetic, ties, dare.")

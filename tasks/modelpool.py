@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -29,11 +30,19 @@ class ModelNotFound(InputError):
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 
 
-def resolve(source: str) -> Path:
+# A version in the MLflow Model Registry: `models:/<name>@<alias>` or `models:/<name>/<version>`.
+_REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[0-9]+))$")
+
+
+def resolve(source: str, tracking_uri: str | None = None) -> Path:
     """A local snapshot of `source`: the folder itself, a checkpoint folder in object storage (`s3://bucket/path`,
-    downloaded to the verified S3 cache), or a hub download (cached by huggingface_hub; the latest revision)."""
+    downloaded to the verified S3 cache), a Model Registry version (`models:/name@alias` or `models:/name/3`,
+    through the MLflow server at `tracking_uri`), or a hub download (cached by huggingface_hub; the latest
+    revision)."""
     if source.startswith("s3://"):
         return _from_object_storage(source)
+    if source.startswith("models:/"):
+        return registry_download(registry_version(source, tracking_uri))
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -47,6 +56,71 @@ def resolve(source: str) -> Path:
         return Path(snapshot_download(repo_id=source, allow_patterns=_HUB_PATTERNS))
     except Exception as err:  # offline mode, unknown repo, network: one clear line either way
         raise ModelNotFound(f"model {source!r} is neither a local folder nor a reachable hub id: {err}") from None
+
+
+def locate(source: str, tracking_uri: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """`resolve`, and where the checkpoint came from: the source as given and, for a Model Registry version, the
+    name, alias, version and run it resolved to (the run's record of its members)."""
+    if not source.startswith("models:/"):
+        return resolve(source), {"source": source}
+    ref = registry_version(source, tracking_uri)
+    return registry_download(ref), {"source": source, "registered_model": {k: ref[k] for k in ("name", "alias", "version", "run_id")}}
+
+
+def registry_version(source: str, tracking_uri: str | None) -> dict[str, str]:
+    """Which registered model version `source` names now, and the run and artifact that hold its files. An
+    alias is resolved once, when the run downloads its members: the version is pinned from then on."""
+    match = _REGISTRY_URI.match(source)
+    if match is None:
+        raise ModelNotFound(f"model {source!r}: a Model Registry URI is models:/<name>@<alias> or models:/<name>/<version>")
+    if tracking_uri is None:
+        raise ModelNotFound(f"model {source!r}: a Model Registry URI needs the run's tracking_uri")
+    from mlflow.exceptions import MlflowException
+
+    from tasks.tracking import client_for
+
+    name, alias = match["name"], match["alias"]
+    try:
+        client = client_for(tracking_uri)
+        version = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, match["version"])
+    except MlflowException as err:
+        named = f"alias {alias!r}" if alias else f"version {match['version']}"
+        raise ModelNotFound(f"model {source!r}: the Model Registry has no {named} of {name!r} ({err.error_code})") from None
+    prefix = f"runs:/{version.run_id}/"
+    if not version.source.startswith(prefix):  # our registrations; a logged model's files live elsewhere
+        raise ModelNotFound(f"model {source!r}: version {version.version} comes from {version.source}, not from a run's artifacts")
+    return {"source": source, "name": name, "alias": alias or "", "version": str(version.version), "run_id": version.run_id,
+            "artifact": version.source.removeprefix(prefix), "tracking_uri": tracking_uri}  # fmt: skip
+
+
+def registry_download(ref: dict[str, str]) -> Path:
+    """The version's files in a local cache keyed by its run (run ids are unique across tracking servers, and a
+    run's artifacts never change): downloaded once, into a temporary folder renamed into place when complete."""
+    import os
+    import shutil
+    import tempfile
+
+    from tasks.tracking import download_model
+
+    root = Path(os.environ.get("EVOLVER_REGISTRY_CACHE", "~/.cache/evolver/registry")).expanduser()
+    folder = root / ref["run_id"] / ref["artifact"]
+    if not (folder / "config.json").is_file():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
+        try:
+            shutil.move(str(download_model(ref["tracking_uri"], ref["run_id"], partial, ref["artifact"])), str(partial / "files"))
+            if folder.exists() and not (folder / "config.json").is_file():  # not a checkpoint: replace it
+                shutil.rmtree(folder)
+            try:
+                os.replace(partial / "files", folder)
+            except OSError:  # another process put the same files in place first
+                if not (folder / "config.json").is_file():
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    if not (folder / "config.json").is_file():
+        raise ModelNotFound(f"model {ref['source']!r}: version {ref['version']} of {ref['name']!r} holds no config.json; not a checkpoint")
+    return folder
 
 
 def _from_object_storage(source: str) -> Path:

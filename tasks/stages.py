@@ -141,8 +141,9 @@ def download_models(
 
     from tasks import modelpool, taskpool, tracking
 
-    folders = [modelpool.resolve(source) for source in cfg.models]
-    base = modelpool.resolve(cfg.base_model) if cfg.base_model is not None else None
+    located = [modelpool.locate(source, cfg.tracking_uri) for source in cfg.models]
+    folders, sources = [folder for folder, _ in located], [source for _, source in located]
+    base = modelpool.resolve(cfg.base_model, cfg.tracking_uri) if cfg.base_model is not None else None
     for folder in [*folders, *([base] if base else [])]:
         modelpool.check_no_custom_code(folder)
     folders = [modelpool.as_safetensors(folder, cfg.allow_pickle) for folder in folders]
@@ -173,11 +174,14 @@ def download_models(
         based = modelpool.base_names(base, folders[0], names)
         modelpool.check_finite(base, list(based.values()))
     _copy_checkpoints(run, folders, names, base, based, tasks)
-    mlflow_run_id = tracking.start_run(cfg, run.key, tags)
+    # A registry member's version, pinned in the record: the alias may move on while the run goes on.
+    pinned = {f"member.{i}": f"{s['source']} = version {s['registered_model']['version']}" for i, s in enumerate(sources) if "registered_model" in s}
+    mlflow_run_id = tracking.start_run(cfg, run.key, {**(tags or {}), **pinned})
     from tasks.merge.statistics import input_major_weights
 
     record = {
         "models": [str(f) for f in folders],
+        "sources": sources,
         "names": names,
         "input_major": sorted(set(input_major_weights(modelpool.meta_model(folders[0], specs[0].task_type))) & set(names)),
         "base_model": str(base) if base else None,
@@ -911,6 +915,7 @@ def finalize(conf: dict[str, Any], run_id: str, context: dict[str, str] | None =
             "run_key": run.key,
             "generations": [generation_record(cfg, run.store.get_json(f"gen={g}/population.json")) for g in range(cfg.generations + 1)],
             "lineage": population["lineage"],
+            "members": run.record.get("sources", [{"source": source} for source in cfg.models]),
             "final": {**final, "fitness": output["fitness"], **({"validation_score": output["validation"]} if "validation" in output else {})},
             "output": {k: v for k, v in output.items() if k != "members"},
             "baselines": _baselines(run) if cfg.baselines else {},

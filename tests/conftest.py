@@ -20,6 +20,7 @@ os.environ.update(
     EVOLVER_MAX_ROUNDS="3",
     EVOLVER_RETRY_DELAY_SECONDS="0",
     EVOLVER_RECURRING_DIR=str(Path(__file__).resolve().parent / "dags" / "recurring"),
+    EVOLVER_REGISTRY_CACHE=str(_AIRFLOW_HOME / "registry-cache"),  # Model Registry members, per test session
     HF_HUB_OFFLINE="1",
     HF_DATASETS_OFFLINE="1",
     TRANSFORMERS_VERBOSITY="error",

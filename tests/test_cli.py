@@ -2,6 +2,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tasks.cli import main
@@ -118,3 +119,41 @@ def test_work_items_pack_into_at_most_the_configured_tasks_in_order(n_items, tas
     packed = pack(items, tasks)
     assert [len(batch) for batch in packed] == sizes
     assert [item for batch in packed for item in batch] == items  # every item once, in order
+
+
+def _champion_config(tiny_config, tmp_path, first_member: str) -> Path:
+    """The tiny config with its first member replaced by `first_member` (a Model Registry URI), in a new store."""
+    conf = yaml.safe_load(tiny_config.read_text())
+    conf.update(models=[first_member, *conf["models"][1:]], generations=1, store=str(tmp_path / "next-store"))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "next.yaml"
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def test_the_registered_champion_takes_part_in_the_next_fusion(tiny_config, tmp_path, capsys):
+    """`models:/evolver-fused@champion` as a member: the version the alias names when the run starts is
+    downloaded, fused like a folder, and pinned in the run's record, summary and MLflow tags."""
+    from safetensors.torch import load_file
+
+    from tasks import tracking
+
+    first = _run(tiny_config, tmp_path / "first", "--set", "generations=1")  # version 1, champion
+    following = _run(_champion_config(tiny_config, tmp_path, "models:/evolver-fused@champion"), tmp_path / "next")
+    pinned = {"name": "evolver-fused", "alias": "champion", "version": "1", "run_id": first["mlflow_run_id"]}
+    assert following["members"][0] == {"source": "models:/evolver-fused@champion", "registered_model": pinned}
+    assert following["members"][1] == {"source": yaml.safe_load(tiny_config.read_text())["models"][1]}
+    store = next((tmp_path / "next-store").iterdir())
+    champion = load_file(Path(first["fused_model_uri"].removeprefix("file://")) / "model.safetensors")
+    member = load_file(store / "members" / "init" / "ind=0.safetensors")
+    assert member and all(torch.equal(member[name], champion[name]) for name in member)
+    uri = yaml.safe_load(tiny_config.read_text())["tracking_uri"]
+    tags = tracking.client_for(uri).get_run(following["mlflow_run_id"]).data.tags
+    assert tags["member.0"] == "models:/evolver-fused@champion = version 1"
+
+    # An alias or version the registry lacks fails before anything is computed, naming it.
+    for source, words in (("models:/evolver-fused@stable", "no alias 'stable'"), ("models:/evolver-fused/9", "no version 9"), ("models:/a/b/c", "models:/<name>@<alias>")):
+        config = _champion_config(tiny_config, tmp_path / source.replace("/", "_"), source)
+        assert main(["run", str(config), "--output", str(tmp_path / "bad")]) == 2
+        assert words in capsys.readouterr().err
+        assert not list(config.parent.glob("next-store/*/gen=*"))

@@ -157,3 +157,20 @@ def test_a_t5_rank_classification_run_on_the_dag_gives_the_cli_result(dag, tiny_
     from tests.test_families import _rank_config
 
     _dag_and_cli_agree(dag, _rank_config(tiny_decoders("t5", "lm"), tmp_path, merger="fisher", generations=1, registered_model=None), tmp_path)
+
+
+def test_the_champion_takes_part_in_a_dag_run(dag, tiny_config, tmp_path):
+    """A DAG run with `models:/evolver-fused@champion` as its first member downloads the version the alias names
+    and records it in its summary."""
+    from tasks.cli import main
+    from tasks.config import EvolverConfig
+    from tests.test_cli import _champion_config
+
+    assert main(["run", str(tiny_config), "--output", str(tmp_path / "first"), "--set", "generations=1"]) == 0
+    first = json.loads((tmp_path / "first" / "summary.json").read_text())
+    config = _champion_config(tiny_config, tmp_path, "models:/evolver-fused@champion")
+    run = dag.test(run_conf=EvolverConfig.from_yaml(config).resolved())
+    assert run.state == "success"
+    [summary_file] = (tmp_path / "next-store").glob("manual*/final/summary.json")
+    pinned = json.loads(summary_file.read_text())["members"][0]["registered_model"]
+    assert pinned == {"name": "evolver-fused", "alias": "champion", "version": "1", "run_id": first["mlflow_run_id"]}
