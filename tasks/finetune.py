@@ -65,6 +65,13 @@ def _read_rows(
     return table[text_column].tolist(), pairs, [label2id[label] for label in table[label_column]]
 
 
+def _head(task_type: str, labels: list[str]) -> dict:
+    """`from_pretrained`'s settings for a new head: one output for regression, else one per label, named."""
+    if task_type == "regression":
+        return {"num_labels": 1, "problem_type": "regression"}
+    return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
+
+
 def _batch(tokenizer, texts: list, pairs: list[str] | None, targets: list, rows: list[int], max_length: int, task_type: str) -> dict:
     """One training batch, tokenised as `taskpool.encode` tokenises evaluation rows."""
     if task_type == "token_classification":
@@ -193,8 +200,7 @@ def finetune(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     from tasks.modelpool import auto_class
 
-    head = {"num_labels": 1, "problem_type": "regression"} if task_type == "regression" else {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": label2id}
-    model = auto_class(task_type).from_pretrained(base_model, **head).to(dev)
+    model = auto_class(task_type).from_pretrained(base_model, **_head(task_type, labels)).to(dev)
     optimizer = _optimizer(model.parameters(), lr, weight_decay)
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = steps_per_epoch * epochs
@@ -282,12 +288,7 @@ def finetune_multitask(
     for t in specs:
         label2id = {label: i for i, label in enumerate(t["labels"])}
         rows.append(_read_rows(t["train"], label2id, t.get("text_pair_column"), t["task_type"], t.get("text_column", "text"), t.get("label_column", "label")))
-        head = (
-            {"num_labels": 1, "problem_type": "regression"}
-            if t["task_type"] == "regression"
-            else {"num_labels": len(t["labels"]), "id2label": dict(enumerate(t["labels"])), "label2id": label2id}
-        )
-        models.append(auto_class(t["task_type"]).from_pretrained(base_model, **head).to(dev))
+        models.append(auto_class(t["task_type"]).from_pretrained(base_model, **_head(t["task_type"], t["labels"])).to(dev))
     bodies = [getattr(m, m.base_model_prefix) for m in models]
     # named_children skips a child set to None, as BERT's pooler is in a token classifier.
     shared = [name for name, _ in bodies[0].named_children() if all(name in dict(b.named_children()) for b in bodies)]
