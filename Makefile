@@ -16,6 +16,10 @@ venv: $(VENV)/.installed
 demo: venv
 	TRANSFORMERS_VERBOSITY=error $(PY) -m tasks.demo --workdir .demo
 
+# Airflow's UI (http://127.0.0.1:8080) and the MLflow UI (http://127.0.0.1:5000) on the demo's stores; Ctrl-C stops both.
+airflow: venv
+	$(PY) -m tasks.standalone
+
 # The paper's comparison on this machine (about 80 minutes on 2 CPU cores); results in bench/results/.
 bench: venv
 	TRANSFORMERS_VERBOSITY=error $(PY) -m bench.run --name cpu-2core
@@ -23,4 +27,4 @@ bench: venv
 test: venv
 	$(PY) -m pytest -q tests
 
-.PHONY: venv test demo bench
+.PHONY: venv test demo bench airflow

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from tasks.demo import build_demo_population
+from tasks.standalone import Api, airflow_environment, free_port, start_airflow, stop, wait
 
-REPO = Path(__file__).resolve().parents[1]
 DAG_ID = "evolver"
 # The worker settings the project recommends for CPU workers (README, "Running it under Airflow"): task
 # processes inherit torch and transformers (tasks/preload.py), evaluate tasks run one thread each, as many at
@@ -43,102 +42,31 @@ TUNED = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Api:
-    """The Airflow REST API, with a bearer token from the standalone admin user."""
-
-    def __init__(self, base: str):
-        self.base = base
-        self.token: str | None = None
-
-    def call(self, method: str, path: str, body: dict | None = None, timeout: float = 30):
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.base + path, data=data, method=method, headers={"Content-Type": "application/json"})
-        if self.token:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read() or b"null")
-
-    def wait(self, what: str, probe, timeout: float, interval: float = 1.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                value = probe()
-                if value:
-                    return value
-            except (OSError, ValueError):
-                pass  # not up yet
-            time.sleep(interval)
-        raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
-
-
 def _standalone(home: Path, conf: dict, parallelism: int, tuned: bool) -> tuple[subprocess.Popen, Api]:
-    bin_dir = Path(sys.executable).parent
-    port = _free_port()
-    # Nothing of the caller's Airflow or Evolver settings (a test session's, say) leaks into this Airflow.
-    inherited = {key: value for key, value in os.environ.items() if not key.startswith(("AIRFLOW", "EVOLVER_"))}
-    env = {
-        **inherited,
+    port = free_port()
+    extra = {
         **(TUNED if tuned else {}),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "EVOLVER_MAX_GENERATIONS": str(conf["generations"]),
         "EVOLVER_MAX_ROUNDS": "2",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_VERBOSITY": "error",
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Its own session, so one killpg stops the scheduler, api-server, dag-processor and triggerer it spawns.
-    with open(home / "standalone.log", "wb") as log:
-        process = subprocess.Popen([str(bin_dir / "airflow"), "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = start_airflow(home, airflow_environment(home, port, extra))
     try:
         return process, _ready(Api(f"http://127.0.0.1:{port}"), home, tuned)
     except BaseException:
-        _stop(process)
+        stop(process)
         raise
 
 
 def _ready(api: Api, home: Path, tuned: bool) -> Api:
     """Wait for the api-server, log in as the standalone admin, create the evaluate pool, unpause the DAG."""
-    api.wait("api-server", lambda: api.call("GET", "/api/v2/monitor/health"), timeout=180)
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    password = api.wait("admin password", lambda: passwords.exists() and json.loads(passwords.read_text()).get("admin"), timeout=60)
-    api.token = api.call("POST", "/auth/token", {"username": "admin", "password": password})["access_token"]
+    wait("api-server", lambda: api.call("GET", "/api/v2/monitor/health"), timeout=180)
+    api.login(home)
     if tuned:
         api.call("POST", "/api/v2/pools", {"name": EVALUATE_POOL, "slots": os.cpu_count(), "include_deferred": False})
-    api.wait("DAG parsed", lambda: api.call("GET", f"/api/v2/dags/{DAG_ID}"), timeout=180)
+    wait("DAG parsed", lambda: api.call("GET", f"/api/v2/dags/{DAG_ID}"), timeout=180)
     api.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
     return api
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the whole process group (scheduler, workers and the tasks they forked included) and wait until it
-    is gone, so that nothing of it shares the CPU with the in-process run that follows."""
-    for sig, grace in ((signal.SIGTERM, 60), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            process.poll()  # reap the leader, or the group never empties
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
 
 
 def _task_breakdown(api: Api, run_id: str) -> list[str]:
@@ -173,7 +101,7 @@ def run_dag(workdir: Path, conf: dict, parallelism: int, tuned: bool = True) -> 
         triggered = datetime.now(timezone.utc)
         run = api.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
         quoted = urllib.request.quote(run["dag_run_id"], safe="")
-        ended = api.wait(
+        ended = wait(
             "DAG run",
             lambda: (r := api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quoted}"))["state"] in ("success", "failed") and r,
             timeout=3600,
@@ -187,7 +115,7 @@ def run_dag(workdir: Path, conf: dict, parallelism: int, tuned: bool = True) -> 
         value = final["value"] if isinstance(final["value"], dict) else json.loads(final["value"])
         return wall, value["fused_model_sha256"], _task_breakdown(api, run["dag_run_id"])
     finally:
-        _stop(process)
+        stop(process)
 
 
 def run_cli(workdir: Path, conf: dict) -> tuple[float, str]:
@@ -203,7 +131,7 @@ def run_cli(workdir: Path, conf: dict) -> tuple[float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / "work" / "overhead")
+    parser.add_argument("--workdir", type=Path, default=Path(__file__).resolve().parent / "work" / "overhead")
     parser.add_argument("--parallelism", type=int, default=4, help="Airflow's [core] parallelism (4 suits 2 cores)")
     parser.add_argument("--untuned", action="store_true", help="Airflow's defaults: every task imports torch itself, evaluate tasks use every core")
     parser.add_argument("--repeats", type=int, default=1, help="alternate the two drivers this many times; the ratio is of the medians")

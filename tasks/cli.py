@@ -1,6 +1,6 @@
 """`evolver`: the in-process driver of the pipeline's stages (the Airflow DAG is the other one).
 
-    evolver run CONFIG [--set key=value ...] [--output DIR] [--run-id ID]
+    evolver run CONFIG [--set key=value ...] [--output DIR] [--run-id ID] [--verbose]
     evolver audit RUN_ID [--tracking-uri URI] [--verify] [--json]   # a run, from MLflow alone
     evolver schema            # the config's JSON schema (what the Airflow form validates)
 """
@@ -18,13 +18,18 @@ from tasks.config import EvolverConfig, InputError
 
 
 def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print) -> dict[str, Any]:
-    """download -> init -> for each generation, rounds of (offspring, evaluate, select) -> finalize."""
+    """download -> init -> for each generation, rounds of (offspring, evaluate, select) -> finalize, logging a
+    line per stage and generation (tasks.progress)."""
     from tasks import stages
+    from tasks.progress import RunReport
 
     conf = cfg.resolved()
-    started = time.perf_counter()
+    report = RunReport(cfg, log)
+    store = stages.Run(cfg, run_id).store
     stages.download_models(conf, run_id, tags={"runner": "cli"})
+    report.poll(store)
     stages.init_population(conf, run_id)
+    report.poll(store)
     for generation in range(cfg.generations + 1):
         for round_ in range(stages.rounds_needed(cfg)):
             work = stages.make_offspring(conf, run_id, generation, round_)
@@ -32,15 +37,12 @@ def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print) -> dict[str, Any
                 break
             for items in work:
                 stages.evaluate(conf, run_id, items)
-            result = stages.select(conf, run_id, generation, round_)
-            if result["done"]:
-                log(
-                    f"[{time.perf_counter() - started:6.1f}s] generation {generation:2d}: best {'mean of tasks' if cfg.cross_task else cfg.metric} "
-                    f"{result['best_fitness']:.4f}, mean {result['mean_fitness']:.4f}, accepted {result['accepted']}"
-                )
+            if stages.select(conf, run_id, generation, round_)["done"]:
+                report.poll(store)
     summary = stages.finalize(conf, run_id)
+    report.poll(store)
     promotion = stages.promote(conf, run_id)
-    log(f"model registry: {promotion['reason']}")
+    report.poll(store)
     return {**summary, "promotion": promotion}
 
 
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted)")
     run.add_argument("--output", type=Path, default=None, help="folder for summary.json (default: print only)")
     run.add_argument("--run-id", default=None, help="resume or repeat a run id (default: a new one)")
+    run.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
     audit = commands.add_parser("audit", help="print a run's config, fitness, lineage, scores and artifacts from MLflow")
     audit.add_argument("run_id", help="the MLflow run id (printed by `evolver run`, shown in the MLflow UI)")
     audit.add_argument("--tracking-uri", default=EvolverConfig.model_fields["tracking_uri"].default, help="MLflow tracking URI")
@@ -65,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "audit":
         return _audit(args)
+    if not args.verbose:
+        from tasks.progress import quiet_libraries
+
+        quiet_libraries()
     run_id = args.run_id or f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}"
     try:
         cfg = EvolverConfig.from_yaml(args.config, args.overrides)

@@ -122,10 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import subprocess
     import sys
+    import threading
+
+    from tasks.config import EvolverConfig
+    from tasks.progress import follow_new_run
 
     parser = argparse.ArgumentParser(description="Build the demo population and run the Evolver DAG on it.")
     parser.add_argument("--workdir", type=Path, default=Path(".demo"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, one epoch: a smoke run of the whole path")
+    parser.add_argument("--verbose", action="store_true", help="stream Airflow's own log instead of one line per stage")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     workdir = args.workdir.resolve()
@@ -145,12 +150,26 @@ def main(argv: list[str] | None = None) -> int:
         "EVOLVER_MAX_ROUNDS": "2",
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    print(f"[{time.perf_counter() - started:5.0f}s] running the DAG: airflow dags test evolver", flush=True)
-    before = set((workdir / "store").glob("*/final/summary.json"))
-    dag_run = subprocess.run([str(bin_dir / "airflow"), "dags", "test", "evolver", "--conf", json.dumps(conf)], env=env)
+    log_path = workdir / "logs" / f"airflow-{time.strftime('%Y%m%dT%H%M%S')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as airflow_log:
+        subprocess.run([str(bin_dir / "airflow"), "db", "migrate"], env=env, check=True, stdout=airflow_log, stderr=subprocess.STDOUT)
+        print(f"[{time.perf_counter() - started:6.0f}s] running the DAG: airflow dags test evolver", flush=True)
+        before = set((workdir / "store").glob("*/final/summary.json"))
+        stop = threading.Event()
+        if args.verbose:
+            output, progress = {}, None
+        else:
+            print(f"         Airflow's log: {log_path}", flush=True)
+            output = {"stdout": airflow_log, "stderr": subprocess.STDOUT}
+            progress = follow_new_run(workdir / "store", EvolverConfig.from_dict(conf), stop, started=started)
+        dag_run = subprocess.run([str(bin_dir / "airflow"), "dags", "test", "evolver", "--conf", json.dumps(conf)], env=env, **output)
+        stop.set()
+        if progress is not None:
+            progress.join()
     if dag_run.returncode != 0:
-        print("the DAG run failed; its log is above", file=sys.stderr)
+        where = "above" if args.verbose else f"in {log_path}; its end:\n" + "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+        print(f"the DAG run failed; its log is {where}", file=sys.stderr)
         return dag_run.returncode
     [summary_path] = set((workdir / "store").glob("*/final/summary.json")) - before
     summary = json.loads(summary_path.read_text())
@@ -158,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(summary))
     print()
     print(f"dev fitness per generation: {[round(g['best_fitness'], 4) for g in summary['generations']]}")
-    promotion = json.loads((summary_path.parent / "promotion.json").read_text())
-    print(f"model registry: {promotion['reason']}")
+    if args.verbose:  # otherwise the progress lines said it
+        promotion = json.loads((summary_path.parent / "promotion.json").read_text())
+        print(f"model registry: {promotion['reason']}")
     print(f"summary: {summary_path}\nMLflow run {summary['mlflow_run_id']}; audit it, or open the UI:")
     print(f"  {bin_dir / 'evolver'} audit {summary['mlflow_run_id']} --tracking-uri {conf['tracking_uri']} --verify")
     print(f"  {bin_dir / 'mlflow'} ui --backend-store-uri {conf['tracking_uri']}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,10 +26,11 @@ import pandas as pd
 import torch
 from transformers import AutoTokenizer, get_linear_schedule_with_warmup, set_seed
 
+from tasks.progress import Bar
 from tasks.store import sha256_file
 
 RECORD = "finetune.json"
-_LOG_EVERY = 10
+_LOG_EVERY = 10  # steps whose mean loss the progress bar shows
 
 
 def _read_rows(
@@ -113,12 +115,10 @@ def _train_step(model: torch.nn.Module, batch: dict, dev: torch.device, optimize
     return loss.item()
 
 
-def _progress(log, window: list[float], epoch: int, epochs: int, step: int, total: int, started: float) -> list[float]:
-    """Log the mean loss every _LOG_EVERY steps (and at the last); the window of losses still to log."""
-    if step % _LOG_EVERY and step != total:
-        return window
-    log(f"  epoch {epoch}/{epochs} step {step}/{total} loss {sum(window) / len(window):.4f} ({time.perf_counter() - started:.0f}s)")
-    return []
+def _loss_bar(total: int, label: str, log) -> Callable[[int, list[float]], None]:
+    """A progress bar over the steps, showing the mean loss of the last _LOG_EVERY of them."""
+    bar = Bar(total, f"{label} ", log)
+    return lambda step, losses: bar.update(step, f"loss {statistics.fmean(losses[-_LOG_EVERY:]):.4f}")
 
 
 def _partial_folder(out_dir: Path) -> Path:
@@ -212,14 +212,14 @@ def finetune(
 
     started = time.perf_counter()
     model.train()
-    step, window = 0, []
-    for epoch in range(1, epochs + 1):
+    step, losses, progress = 0, [], _loss_bar(total, out_dir.name, log)
+    for _ in range(epochs):
         order = torch.randperm(len(texts), generator=order_rng).tolist()
         for begin in range(0, len(order), batch_size):
             batch = _batch(tokenizer, texts, pairs, targets, order[begin : begin + batch_size], max_length, task_type)
-            window.append(_train_step(model, batch, dev, optimizer, scheduler))
+            losses.append(_train_step(model, batch, dev, optimizer, scheduler))
             step += 1
-            window = _progress(log, window, epoch, epochs, step, total, started)
+            progress(step, losses)
     seconds = time.perf_counter() - started
 
     # Everything goes to a sibling temporary folder first; the record is its last file, and the rename
@@ -307,8 +307,8 @@ def finetune_multitask(
     started = time.perf_counter()
     for m in models:
         m.train()
-    step, window = 0, []
-    for epoch in range(1, epochs + 1):
+    step, losses, progress = 0, [], _loss_bar(total, out_dir.name, log)
+    for _ in range(epochs):
         batches = []
         for k, (texts, _, _) in enumerate(rows):
             order = torch.randperm(len(texts), generator=order_rng).tolist()
@@ -317,9 +317,9 @@ def finetune_multitask(
             k, chosen = batches[i]
             texts, pairs, targets = rows[k]
             batch = _batch(tokenizer, texts, pairs, targets, chosen, specs[k]["max_length"], specs[k]["task_type"])
-            window.append(_train_step(models[k], batch, dev, optimizer, scheduler))
+            losses.append(_train_step(models[k], batch, dev, optimizer, scheduler))
             step += 1
-            window = _progress(log, window, epoch, epochs, step, total, started)
+            progress(step, losses)
     seconds = time.perf_counter() - started
 
     tmp = _partial_folder(out_dir)
