@@ -2,6 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -25,6 +26,11 @@ bench: venv
 	TRANSFORMERS_VERBOSITY=error $(PY) -m bench.run --name cpu-2core
 
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/ui
 
-.PHONY: venv test demo bench airflow
+# The Airflow and MLflow UIs in real Chromium (Debian's, installed here when missing); screenshots in .ui-test/.
+ui-test: venv
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; } >/dev/null
+	$(PY) -m pytest -q tests/ui
+
+.PHONY: venv test demo bench airflow ui-test

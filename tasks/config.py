@@ -506,7 +506,9 @@ def param_schemas() -> dict[str, dict[str, Any]]:
     def inline(node: Any) -> Any:
         if isinstance(node, dict):
             if "$ref" in node:
-                return inline(defs[node["$ref"].split("/")[-1]])
+                # The field's own keywords (its title, description, default) override the referenced model's.
+                siblings = {k: inline(v) for k, v in node.items() if k != "$ref"}
+                return {**inline(defs[node["$ref"].split("/")[-1]]), **siblings}
             return {k: inline(v) for k, v in node.items() if k != "$defs"}
         if isinstance(node, list):
             return [inline(v) for v in node]

@@ -1032,6 +1032,7 @@ def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = 
         {
             "evolver.promoted": str(decision["promoted"]).lower(),
             "evolver.promotion_reason": decision["reason"],
+            "mlflow.note.content": tracking.run_description(cfg, summary, decision),
             **gate_tags,
             **{f"promote.{k}": v for k, v in (context or {}).items()},
         },

@@ -266,6 +266,29 @@ def log_final(cfg: EvolverConfig, run_id: str, summary: dict[str, Any], model_di
     _log_json(client, run_id, "summary.json", summary)
 
 
+def run_description(cfg: EvolverConfig, summary: dict[str, Any], decision: dict[str, Any]) -> str:
+    """A few lines of Markdown for the MLflow run page's description (`mlflow.note.content`): what ran, how far
+    fitness moved, the held-out scores, and what the registry did with the model."""
+    metric = "mean of the tasks' metrics" if cfg.cross_task else cfg.metric
+    method = f"Evolver + {cfg.merger}" if cfg.mode == "merge" else "Evolver (plain)"
+    generations = summary["generations"]
+    final = summary["final"]
+    lines = [
+        f"**{method}** over {len(cfg.models)} models: {cfg.schedule} schedule, {cfg.generations} generations "
+        f"(F {cfg.F}, CR {cfg.CR}, seed {cfg.seed}), {generations[-1]['evaluations']} candidate evaluations.",
+        f"Dev {metric}: {generations[0]['best_fitness']:.4f} at generation 0, {final['fitness']:.4f} fused.",
+    ]
+    if cfg.cross_task:
+        tasks = ", ".join(f"{spec.name} {final['tasks'][spec.name]['dev'][spec.metric]:.4f}" for spec in cfg.task_list)
+        lines.append(f"Per task (dev): {tasks}.")
+    else:
+        means = ", ".join(f"{group.replace('_', '-')} {scores[cfg.metric]:.4f}" for group, scores in final.get("heldout_mean", {}).items())
+        if means:
+            lines.append(f"Held-out {cfg.metric} (reported only, never selected on): {means}.")
+    lines.append(f"Fused model sha256 `{summary['fused_model_sha256'][:16]}`. Registry: {decision['reason']}.")
+    return "\n\n".join(lines)
+
+
 def register(cfg: EvolverConfig, run_id: str, name: str | None = None, artifact: str = "fused_model") -> str:
     """The run's fused model (the `artifact` folder) as a version of `name` (default `cfg.registered_model`)
     with the alias `challenger`; its version."""

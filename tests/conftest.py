@@ -37,19 +37,7 @@ def tiny_population(tmp_path_factory):
 @pytest.fixture
 def tiny_config(tiny_population, tmp_path):
     """A valid run config over the tiny population, with its store and MLflow database in tmp_path."""
-    conf = {
-        "models": [str(m) for m in tiny_population["members"]],
-        "data": {
-            "dev": [str(p) for p in tiny_population["dev"]],
-            "heldout": {**{k: str(v) for k, v in tiny_population["test"].items()}, "ood": str(tiny_population["ood"])},
-            "out_of_domain": ["ood"],
-            "batch_size": 16,
-        },
-        "generations": 3,
-        "shards": 2,
-        "store": str(tmp_path / "store"),
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
+    conf = tiny.run_config(tiny_population, tmp_path)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(conf))
     return path

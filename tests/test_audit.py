@@ -31,6 +31,11 @@ def test_run_is_auditable_from_its_mlflow_run_id_alone(tiny_config, tmp_path, ca
     assert report["final"]["dev_macro_f1"] == summary["final"]["dev"]["macro_f1"]
     [version] = report["registered"]
     assert set(version["aliases"]) == {"challenger", "champion"}  # the first run has no champion to beat
+    # The run page's description says what ran and what came of it, in the run's own numbers.
+    description = tracking.client_for(uri).get_run(summary["mlflow_run_id"]).data.tags["mlflow.note.content"]
+    assert f"{summary['generations'][0]['best_fitness']:.4f} at generation 0, {summary['final']['fitness']:.4f} fused" in description
+    assert f"out-of-domain {summary['final']['heldout_mean']['out_of_domain']['macro_f1']:.4f}" in description
+    assert summary["promotion"]["reason"] in description and summary["fused_model_sha256"][:16] in description
 
     # One child run per evaluated offspring, tagged with generation and individual.
     client = tracking.client_for(uri)

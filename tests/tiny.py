@@ -458,3 +458,21 @@ def build_t5(root: Path, steps: int = 60) -> dict:
 
     base_dir, members = _build_members(root, tok, make_model, lambda d: sentences(d, 200, seed=1), encode_batch, steps)
     return {"base": base_dir, "members": members, **_generative_data(root / "data")}
+
+
+def run_config(population: dict, folder: Path) -> dict:
+    """A valid run config over the population of `build`: 3 generations, 2 shards, its store and MLflow database
+    in folder."""
+    return {
+        "models": [str(m) for m in population["members"]],
+        "data": {
+            "dev": [str(p) for p in population["dev"]],
+            "heldout": {**{k: str(v) for k, v in population["test"].items()}, "ood": str(population["ood"])},
+            "out_of_domain": ["ood"],
+            "batch_size": 16,
+        },
+        "generations": 3,
+        "shards": 2,
+        "store": str(folder / "store"),
+        "tracking_uri": f"sqlite:///{folder / 'mlflow.db'}",
+    }
