@@ -1,16 +1,21 @@
 """Fault injection for retry tests: make a named point of a stage fail on its first try only.
 
-    EVOLVER_INJECT_FAULTS="select.after_tracking,finalize.after_tracking"   points to break
+    EVOLVER_INJECT_FAULTS="select.after_tracking,finalize.after_tracking"   points to break (an exception)
+    EVOLVER_INJECT_FAULTS="make_offspring.mid_stream=kill"                  ...or SIGKILL the process there
     EVOLVER_FAULTS_STATE=/some/dir                                          remembers which already fired
 
-A point fires once (a marker file records it), so the retried task runs through: this is how the tests prove
-that a task which died after writing to MLflow or the store leaves no duplicate behind on its retry.
-Without the variables every call is a no-op.
+A point fires once (a marker file records it, before the fault), so the retried task runs through: this is how
+the tests prove that a task which died after writing to MLflow or the store, or was killed in the middle of a
+write, leaves no duplicate and no partial object behind on its retry. Without the variables every call is a
+no-op. The points: `make_offspring.mid_stream` (an offspring half streamed out), `evaluate.before_write` (a
+shard scored, its result not yet written), `select.after_tracking` (state and MLflow written, the generation's
+marker not), `finalize.after_tracking`.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 
@@ -19,7 +24,7 @@ class InjectedFault(RuntimeError):
 
 
 def point(name: str) -> None:
-    wanted = {p.strip() for p in os.environ.get("EVOLVER_INJECT_FAULTS", "").split(",") if p.strip()}
+    wanted = dict(entry.strip().partition("=")[::2] for entry in os.environ.get("EVOLVER_INJECT_FAULTS", "").split(",") if entry.strip())
     if name not in wanted:
         return
     state = Path(os.environ.get("EVOLVER_FAULTS_STATE", ".evolver-faults"))
@@ -28,4 +33,6 @@ def point(name: str) -> None:
         (state / name).open("x").close()
     except FileExistsError:
         return
+    if wanted[name] == "kill":  # as the OOM killer or a lost node does: no exception handler, no cleanup
+        os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"injected fault at {name} (first try only)")

@@ -397,7 +397,9 @@ def _write_offspring(run: Run, generation: int, target: int, reference: int, mem
         }
 
         def offspring():
-            for name, (dtype, shape) in specs.items():
+            for k, (name, (dtype, shape)) in enumerate(specs.items()):
+                if k == len(specs) // 2:
+                    faults.point("make_offspring.mid_stream")
                 reuse = {"out": buffers[dtype][: math.prod(shape)]} if cfg.mask_stream == "counter" else {}
                 yield name, evolve.offspring_tensor(
                     x_i.get_tensor(name),
@@ -655,6 +657,7 @@ def evaluate(conf: dict[str, Any], run_id: str, items: list[dict[str, Any]], con
             candidate = run.store.get_json(f"gen={g}/round={r}/candidates.json")["candidates"][c]
             scored = ((g, r, c), _scored_models(run, candidate["members"], g))
         counts = _dev_counts(run, scored[1], s, run.cfg.shards)
+        faults.point("evaluate.before_write")
         run.store.put_json(key, {"counts": counts, "item": item, "context": context or {}})
     return {"keys": keys}
 
