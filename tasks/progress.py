@@ -1,11 +1,11 @@
 """What a person watching a run reads: one line per stage and generation, and a bar while fine-tuning.
 
-    [    4s] models: 3 members in the store (run cli-20261129T061500-123456)
-    [   11s] population: dev 450, heldout airline 300, ...
-    [   35s] generation 0/5: best macro_f1 0.3275, mean 0.3275, accepted 0; evaluations 1 done, at most 20 left
+    [    20s] models: 3 members in the store
+    [    21s] population: dev 450, heldout/airline 300, heldout/claritin 300, ...
+    [    25s] generation 0/5: best macro_f1 0.3275, mean 0.3275, accepted 0; evaluations 1 done, at most 20 left
     ...
-    [  301s] finalize: dev macro_f1 0.5466; fused model 3f5c0a1e9b2d
-    [  305s] registry: first challenger of evolver-fused: promoted to champion
+    [   113s] finalize: dev macro_f1 0.5466, held-out in-domain 0.4141, held-out out-of-domain 0.2918; fused model sha256 cf18a08ed707
+    [   115s] registry: no champion yet: version 1 becomes champion
 
 The lines come from the run's completion markers in the store, not from the driver: `RunReport.poll` reads
 whichever markers appeared since its last call. The CLI polls after each stage; `make demo` polls from a
