@@ -5,16 +5,11 @@ environment, so the code under test takes the same path as in a deployment.
 """
 
 import os
-import socket
 import uuid
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tasks.standalone import free_port
 
 
 @pytest.fixture(scope="session")

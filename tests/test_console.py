@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -101,7 +100,7 @@ def _get(url: str) -> int:
 
 
 def test_make_airflow_serves_both_uis_with_the_demo_defaults_and_stops_them_on_ctrl_c(tiny_config, tmp_path):
-    from tasks.standalone import Api, free_port
+    from tasks.standalone import Api, free_port, wait
 
     port, mlflow_port = free_port(), free_port()
     home = tmp_path / "airflow"
@@ -120,14 +119,8 @@ def test_make_airflow_serves_both_uis_with_the_demo_defaults_and_stops_them_on_c
         assert _get(f"http://127.0.0.1:{mlflow_port}/health") == 200
         api = Api(f"http://127.0.0.1:{port}")
         api.login(home)
-        deadline = time.monotonic() + 180
-        while True:  # the dag-processor parses the DAG file a little after the API answers
-            try:
-                params = api.call("GET", "/api/v2/dags/evolver/details")["params"]
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "DAG evolver never appeared"
-                time.sleep(2)
+        # The dag-processor parses the DAG file a little after the API answers.
+        params = wait("DAG evolver", lambda: api.call("GET", "/api/v2/dags/evolver/details")["params"], timeout=180, interval=2)
         assert params["generations"]["value"] == 3 and params["shards"]["value"] == 2  # the config's, not the defaults (15, 1)
     finally:
         process.send_signal(signal.SIGINT)
