@@ -1,6 +1,10 @@
-"""Bad input, refused before compute: every case through `evolver run`, as a user would meet it.
+"""Reliability, measured: faults survived, bad input refused before compute, concurrent runs.
 
-    python -m bench.reliability --inputs      # the table, then `bad_inputs_rejected=<n> of <m>`
+    python -m bench.reliability               # the fault matrix (bench.fault_matrix): `faults_survived=<n> of <m>`
+    python -m bench.reliability --inputs      # bad input: the table, then `bad_inputs_rejected=<n> of <m>`
+    python -m bench.reliability --load        # scheduler restart and concurrent DAG runs (bench.load)
+
+The rest of this module is the bad-input part.
 
 Each case starts from a valid run over a tiny synthetic population (bench.memory's BERT builder with the
 offline MiniLM tokenizer) and breaks one thing: a config value, a checkpoint, a data source. It runs
@@ -262,16 +266,27 @@ def report(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", action="store_true", help="the bad-input cases (the only part so far)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--inputs", action="store_true", help="the bad-input cases")
+    what.add_argument("--load", action="store_true", help="the Airflow cases: a scheduler restart, four concurrent DAG runs")
     parser.add_argument("--cases", nargs="+", default=None, metavar="PATTERN", help="only the cases whose name contains a PATTERN")
     parser.add_argument("--output", type=Path, default=None, help="also write the table and results (JSON) here, as <output>.md/.json")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the runs' folders here (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
-    if not args.inputs:
-        parser.error("only --inputs exists so far")
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.load or not args.inputs:
+        from tasks.progress import quiet_libraries
+
+        quiet_libraries()
+    if args.load:
+        from bench.load import main as load
+
+        return load(args)
+    if not args.inputs:
+        return faults(args)
     cases = [c for c in CASES if args.cases is None or any(p in c.name for p in args.cases)]
     with tempfile.TemporaryDirectory(prefix="evolver-reliability-") as tmp:
         root = Path(tmp)
@@ -285,6 +300,31 @@ def main(argv: list[str] | None = None) -> int:
     rejected = sum(r["rejected"] for r in results)
     print(f"bad_inputs_rejected={rejected} of {len(results)}")
     return 0 if rejected == len(results) else 1
+
+
+def faults(args) -> int:
+    from dataclasses import asdict
+
+    from bench.fault_matrix import report as fault_report
+    from bench.fault_matrix import run_matrix
+
+    with contextlib.ExitStack() as stack:
+        root = args.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="evolver-faults-")))
+        results = run_matrix(root, args.cases, log=lambda line: print(line, flush=True))
+    from bench.run import machine
+
+    table = fault_report(results)
+    survived = sum(r.survived for r in results)
+    last = f"faults_survived={survived} of {len(results)}"
+    print(table)
+    if args.output:
+        where = machine()
+        stamp = f"{time.strftime('%Y-%m-%d')}, {where['cpu_count']} CPUs, commit {(where['git_commit'] or '?')[:7]}{' (dirty)' if where['git_dirty'] else ''}"
+        args.output.with_suffix(".md").write_text(f"{table}\n\n{last} ({stamp})\n")
+        record = {"date": time.strftime("%Y-%m-%d"), "machine": where, "results": [asdict(r) for r in results], "summary": last}
+        args.output.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
+    print(last)
+    return 0 if survived == len(results) else 1
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def _run() -> tuple[dict, str]:
 
 def _stage(name: str, *args):
     """Run one pipeline stage for this DAG run. Bad input (config, checkpoints, data, store) fails the task at
-    once: a retry cannot fix it, and the message is the same every time."""
+    once: a retry cannot fix it, and the message is the same every time. A store outage is retried."""
     from airflow.sdk.exceptions import AirflowFailException
 
     from tasks import stages
@@ -99,6 +99,8 @@ def _stage(name: str, *args):
     try:
         return getattr(stages, name)(*_run(), *args)
     except InputError as err:
+        if err.transient:
+            raise
         raise AirflowFailException(f"{type(err).__name__}: {err}") from err
 
 

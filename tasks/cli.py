@@ -1,6 +1,6 @@
 """`evolver`: the in-process driver of the pipeline's stages (the Airflow DAG is the other one).
 
-    evolver run CONFIG [--set key=value ...] [--output DIR] [--run-id ID] [--verbose]
+    evolver run CONFIG [--set key=value ...] [--output DIR] [--run-id ID] [--retries N] [--verbose]
     evolver audit RUN_ID [--tracking-uri URI] [--verify] [--json]   # a run, from MLflow alone
     evolver schema            # the config's JSON schema (what the Airflow form validates)
 """
@@ -17,31 +17,47 @@ from typing import Any
 from tasks.config import EvolverConfig, InputError
 
 
-def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print) -> dict[str, Any]:
+def run_pipeline(cfg: EvolverConfig, run_id: str, *, log=print, retries: int = 0, retry_delay: float = 5.0) -> dict[str, Any]:
     """download -> init -> for each generation, rounds of (offspring, evaluate, select) -> finalize, logging a
-    line per stage and generation (tasks.progress)."""
+    line per stage and generation (tasks.progress).
+
+    A stage that fails is retried up to `retries` times, after `retry_delay` seconds doubling each time, as the
+    DAG's tasks are: the stages are idempotent, so a retry resumes from what the store already holds. Bad input
+    (InputError) is never retried: it would fail the same way.
+    """
     from tasks import stages
     from tasks.progress import RunReport
+
+    def stage(function, *args, **kwargs):
+        for attempt in range(retries + 1):
+            try:
+                return function(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - what a task retry catches; the last one propagates
+                if attempt == retries or (isinstance(err, InputError) and not err.transient):
+                    raise
+                wait = retry_delay * 2**attempt
+                log(f"{function.__name__} failed ({type(err).__name__}: {str(err)[:200]}); retry {attempt + 1} of {retries} in {wait:.0f} s")
+                time.sleep(wait)
 
     conf = cfg.resolved()
     report = RunReport(cfg, log)
     store = stages.Run(cfg, run_id).store
-    stages.download_models(conf, run_id, tags={"runner": "cli"})
+    stage(stages.download_models, conf, run_id, tags={"runner": "cli"})
     report.poll(store)
-    stages.init_population(conf, run_id)
+    stage(stages.init_population, conf, run_id)
     report.poll(store)
     for generation in range(cfg.generations + 1):
         for round_ in range(stages.rounds_needed(cfg)):
-            work = stages.make_offspring(conf, run_id, generation, round_)
+            work = stage(stages.make_offspring, conf, run_id, generation, round_)
             if work is None:
                 break
             for items in work:
-                stages.evaluate(conf, run_id, items)
-            if stages.select(conf, run_id, generation, round_)["done"]:
+                stage(stages.evaluate, conf, run_id, items)
+            if stage(stages.select, conf, run_id, generation, round_)["done"]:
                 report.poll(store)
-    summary = stages.finalize(conf, run_id)
+    summary = stage(stages.finalize, conf, run_id)
     report.poll(store)
-    promotion = stages.promote(conf, run_id)
+    promotion = stage(stages.promote, conf, run_id)
     report.poll(store)
     return {**summary, "promotion": promotion}
 
@@ -54,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (dotted)")
     run.add_argument("--output", type=Path, default=None, help="folder for summary.json (default: print only)")
     run.add_argument("--run-id", default=None, help="resume or repeat a run id (default: a new one)")
+    run.add_argument("--retries", type=int, default=0, help="retry a failed stage N times, as the DAG's tasks are (default 0)")
+    run.add_argument("--retry-delay", type=float, default=5.0, help="seconds before the first retry, doubling after (default 5)")
     run.add_argument("--verbose", action="store_true", help="keep the libraries' own logs and progress bars")
     audit = commands.add_parser("audit", help="print a run's config, fitness, lineage, scores and artifacts from MLflow")
     audit.add_argument("run_id", help="the MLflow run id (printed by `evolver run`, shown in the MLflow UI)")
@@ -75,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = args.run_id or f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**6:06d}"
     try:
         cfg = EvolverConfig.from_yaml(args.config, args.overrides)
-        summary = run_pipeline(cfg, run_id)
+        summary = run_pipeline(cfg, run_id, retries=args.retries, retry_delay=args.retry_delay)
     except (InputError, FileNotFoundError) as err:
         print(f"evolver: {err}", file=sys.stderr)
         return 2

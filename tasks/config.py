@@ -30,6 +30,10 @@ MASK_STREAMS = ("counter", "torch-mt19937")
 class InputError(ValueError):
     """Bad input found before compute (config, checkpoints, data, store); the message says what and where."""
 
+    # A retry cannot fix bad input, so the drivers fail at once; a subclass for an outage (a store that answers
+    # again later) sets this, and its stage is retried like any other failure.
+    transient = False
+
 
 class ConfigError(InputError):
     """A configuration that cannot run; the message names every problem."""

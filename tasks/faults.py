@@ -7,9 +7,10 @@
 A point fires once (a marker file records it, before the fault), so the retried task runs through: this is how
 the tests prove that a task which died after writing to MLflow or the store, or was killed in the middle of a
 write, leaves no duplicate and no partial object behind on its retry. Without the variables every call is a
-no-op. The points: `make_offspring.mid_stream` (an offspring half streamed out), `evaluate.before_write` (a
-shard scored, its result not yet written), `select.after_tracking` (state and MLflow written, the generation's
-marker not), `finalize.after_tracking`.
+no-op. The points: `make_offspring.mid_stream` (an offspring half streamed out), `evaluate.mid_forward` (after
+a shard's first batch), `evaluate.before_write` (a shard scored, its result not yet written),
+`select.after_tracking` (state and MLflow written, the generation's marker not), `finalize.after_tracking`,
+`promote.before_gate` (a run registered, its champion gate not yet decided).
 """
 
 from __future__ import annotations

@@ -89,6 +89,7 @@ class RunReport:
         """Log the markers of `store` (a run's scoped store) that appeared since the last call, in the order the
         run writes them; True once the run's last marker is in."""
         from tasks.stages import generation_record
+        from tasks.store import StoreUnavailable
 
         steps: list[tuple[str, Callable[[dict], str]]] = [
             ("run.json", lambda record: f"models: {len(record['models'])} members in the store"),
@@ -100,7 +101,10 @@ class RunReport:
         for key, describe in steps:
             if key in self.seen:
                 continue
-            record = store.get_json_or_none(key)
+            try:
+                record = store.get_json_or_none(key)
+            except StoreUnavailable:  # progress lines wait for the store; the stages' retries deal with it
+                return False
             if record is None:
                 return False
             self.seen.add(key)

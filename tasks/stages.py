@@ -1021,10 +1021,12 @@ def promote(conf: dict[str, Any], run_id: str, context: dict[str, str] | None = 
             challenger["gate_data"] = summary["final"]["gate"][cfg.metric]
         decision = {"registered": True, "model": ",".join(names), "version": version, "gate_rule": cfg.gate_rule}
         decision.update({f"challenger_{k}": v for k, v in challenger.items()})
-        decision.update(_champion_gate(run, versions, challenger))
-        if decision["promoted"]:
-            for name, number in versions.items():
-                tracking.set_champion(cfg, number, name)
+        faults.point("promote.before_gate")
+        with tracking.champion_gate_lock(cfg, list(versions), holder=mlflow_run_id):  # read, compare, move: one step
+            decision.update(_champion_gate(run, versions, challenger))
+            if decision["promoted"]:
+                for name, number in versions.items():
+                    tracking.set_champion(cfg, number, name)
     gate_tags = {}
     if decision["registered"]:
         gate_tags = {"evolver.model_version": decision["version"], "evolver.gate_rule": cfg.gate_rule, "evolver.gate_decided_by": decision["decided_by"]}

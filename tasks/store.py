@@ -12,6 +12,7 @@ Airflow workers run on different machines.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -32,6 +33,13 @@ from tasks.config import InputError
 
 class StoreError(InputError):
     """A missing object or an unreachable store; the message names the key and the store."""
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer, or answered with a server error, after the client's own retries: an outage
+    that a later retry of the stage may outlast, unlike a missing bucket or denied credentials."""
+
+    transient = True
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -264,16 +272,21 @@ class LocalStore(Store):
     def _atomic_write(self, key: str, write) -> None:
         # Readers see the old object or the whole new one: a temporary file beside it, renamed over it.
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-            try:
-                write(tmp)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
-        os.replace(tmp.name, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
+                try:
+                    write(tmp)
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                except BaseException:
+                    os.unlink(tmp.name)
+                    raise
+            os.replace(tmp.name, path)
+        except OSError as err:
+            # A full disk or quota may be freed before a retry; a denied permission will not.
+            error = StoreUnavailable if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO) else StoreError
+            raise error(f"store {self.uri}: writing {key!r} failed: {err.strerror or err}") from err
 
     def get_bytes(self, key: str) -> bytes:
         return self.local_path(key).read_bytes()
@@ -299,6 +312,9 @@ MiB = 1024 * 1024
 # Error codes S3 and S3-compatible servers answer for an object or bucket that is not there.
 _NOT_FOUND = {"404", "NoSuchKey", "NoSuchBucket", "NotFound"}
 _FORBIDDEN = {"403", "AccessDenied", "Forbidden"}
+# Answers no retry changes (boto3's transfer errors carry them only in their message, as "(Code)"); anything
+# else that reaches a stage (refused connections, timeouts, 5xx) is an outage.
+_PERMANENT = _NOT_FOUND | _FORBIDDEN | {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName", "AccountProblem"}
 
 
 def s3_client(*, connect_timeout: float = 10, read_timeout: float = 120, max_attempts: int = 8, retry_mode: str = "adaptive"):
@@ -378,7 +394,8 @@ class S3Store(Store):
         except ParamValidationError as err:
             problem = f"is not a valid bucket name: {err}"
         except (EndpointUnreachable, HTTPClientError) as err:
-            problem = f"is unreachable ({err}); AWS_ENDPOINT_URL_S3 sets the endpoint of MinIO or another S3-compatible server"
+            hint = "AWS_ENDPOINT_URL_S3 sets the endpoint of MinIO or another S3-compatible server"
+            raise StoreUnavailable(f"store {self.uri}: bucket {self.bucket!r} at endpoint {self.endpoint} is unreachable ({err}); {hint}") from None
         except BotoCoreError as err:
             problem = f"cannot be used: {err}"
         raise StoreError(f"store {self.uri}: bucket {self.bucket!r} at endpoint {self.endpoint} {problem}")
@@ -401,7 +418,8 @@ class S3Store(Store):
                 raise self._missing(key) from None
             # Without s3:ListBucket on the bucket, S3 answers 403 rather than 404 for a missing object.
             hint = " (or missing, if the credentials lack s3:ListBucket)" if code in _FORBIDDEN else ""
-            raise StoreError(f"store {self.uri} at {self.endpoint}: object {key!r}{hint}: {err}") from err
+            permanent = code in _PERMANENT or any(f"({name})" in str(err) for name in _PERMANENT)
+            raise (StoreError if permanent else StoreUnavailable)(f"store {self.uri} at {self.endpoint}: object {key!r}{hint}: {err}") from err
 
     def _verify(self, key: str, recorded: str | None, actual: str) -> None:
         if recorded and recorded != actual:

@@ -27,6 +27,7 @@ import json
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -294,14 +295,77 @@ def register(cfg: EvolverConfig, run_id: str, name: str | None = None, artifact:
     with the alias `challenger`; its version."""
     client = client_for(cfg.tracking_uri)
     name = name or cfg.registered_model
-    if client.search_registered_models(filter_string=f"name = '{name}'"):
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    else:
-        client.create_registered_model(name, description="Fused models from evolver-pipeline runs.")
-        versions = []
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        _create_registered_model(client, name, description="Fused models from evolver-pipeline runs.")
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     version = versions[0] if versions else client.create_model_version(name, source=f"runs:/{run_id}/{artifact}", run_id=run_id)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
+
+
+def _create_registered_model(client, name: str, **kwargs) -> bool:
+    """Create `name`; False when it exists already (another run made it first: the database's unique name is
+    the one atomic test-and-set the registry offers)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, **kwargs)
+        return True
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return False
+
+
+GATE_LOCK_SUFFIX = ".champion-gate-lock"
+
+
+@contextmanager
+def champion_gate_lock(cfg: EvolverConfig, names: list[str], holder: str, *, stale_after_s: float = 900, poll_s: float = 1.0):
+    """Hold the champion gate of the registered models `names` against other runs, in any driver.
+
+    The gate reads the champion, compares and moves the alias: two runs finishing together would both read the
+    old champion, both win, and the last to write would be champion whether or not it beat the other. The lock
+    is a registered model `<name>.champion-gate-lock` that only one run can create (tagged with the holder and
+    the time), deleted on exit; names are taken in sorted order so that cross-task runs cannot deadlock. A
+    lock older than `stale_after_s` belongs to a process that died holding it, and is broken; a lock of
+    `holder` itself is an earlier try of the same run, and is taken over.
+    """
+    client = client_for(cfg.tracking_uri)
+    held = []
+    try:
+        for name in sorted(names):
+            lock = name + GATE_LOCK_SUFFIX
+            while not _create_registered_model(client, lock, tags={"holder": holder, "since": f"{time.time():.3f}"}, description=f"held by {holder} while it decides the champion of {name}"):
+                tags = _registered_model_tags(client, lock)
+                if tags is not None and (tags.get("holder") == holder or time.time() - float(tags.get("since", 0)) > stale_after_s):
+                    _delete_registered_model(client, lock)
+                    continue
+                time.sleep(poll_s)
+            held.append(lock)
+        yield
+    finally:
+        for lock in reversed(held):
+            _delete_registered_model(client, lock)
+
+
+def _registered_model_tags(client, name: str) -> dict[str, str] | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model(name).tags)
+    except MlflowException:
+        return None  # released in between
+
+
+def _delete_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(name)
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 def champion(cfg: EvolverConfig, name: str | None = None):

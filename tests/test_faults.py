@@ -7,6 +7,7 @@ Each kill is real (`os.kill(SIGKILL)` at the point, in a subprocess): no excepti
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,8 @@ EVOLVER = str(Path(sys.executable).parent / "evolver")
 RUN_ID = "killed-run"
 
 
-def _evolver(config: Path, out: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    command = [EVOLVER, "run", str(config), "--run-id", RUN_ID, "--output", str(out)]
+def _evolver(config: Path, out: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
+    command = [EVOLVER, "run", str(config), "--run-id", RUN_ID, "--output", str(out), *options]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -44,6 +45,7 @@ def undisturbed(tiny_population, tmp_path_factory) -> str:
 
 # point, store, what must not exist (as a complete object) right after the kill
 CASES = [
+    ("evaluate.mid_forward", "file", "gen=0/round=0/cand=0/shard=0.json"),
     ("make_offspring.mid_stream", "file", "gen=1/ind=0/offspring.safetensors"),
     ("make_offspring.mid_stream", "s3", "gen=1/ind=0/offspring.safetensors"),
     ("evaluate.before_write", "file", "gen=0/round=0/cand=0/shard=0.json"),
@@ -74,8 +76,44 @@ def test_a_killed_worker_resumes_to_the_undisturbed_result(point, store_kind, ab
     summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
     assert summary["fused_model_sha256"] == undisturbed
     # One audit entry per generation, whether or not a select died after logging its generation.
+    steps, children = _audit_entries(config, summary)
+    assert steps == [0, 1, 2] and children == len(summary["lineage"])
+
+
+def _audit_entries(config: Path, summary: dict) -> tuple[list[int], int]:
+    """The steps of best_fitness and the number of child runs of a run's MLflow entry."""
     client = tracking.client_for(yaml.safe_load(config.read_text())["tracking_uri"])
-    assert [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "best_fitness")] == [0, 1, 2]
+    steps = [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "best_fitness")]
     experiment = client.get_run(summary["mlflow_run_id"]).info.experiment_id
-    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{summary['mlflow_run_id']}'")
-    assert len(children) == len(summary["lineage"])
+    return steps, len(client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{summary['mlflow_run_id']}'"))
+
+
+def test_a_failing_stage_is_retried_in_process_with_retries(undisturbed, tiny_population, tmp_path):
+    """`--retries`: the CLI retries a failed stage as Airflow retries a task, so one invocation finishes."""
+    config = _config(tiny_population, tmp_path)
+    faults = {"EVOLVER_INJECT_FAULTS": "select.after_tracking", "EVOLVER_FAULTS_STATE": str(tmp_path / "faults")}
+    without = _evolver(config, tmp_path / "without", {**os.environ, **faults, "EVOLVER_FAULTS_STATE": str(tmp_path / "faults-0")})
+    assert without.returncode == 1 and "InjectedFault" in without.stderr
+    retried = _evolver(config, tmp_path / "retried", {**os.environ, **faults}, "--retries", "1", "--retry-delay", "0")
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    assert "select failed (InjectedFault: injected fault at select.after_tracking" in retried.stdout + retried.stderr
+    assert json.loads((tmp_path / "retried" / "summary.json").read_text())["fused_model_sha256"] == undisturbed
+
+
+def test_a_cleared_generation_reruns_to_the_same_result(undisturbed, tiny_population, tmp_path):
+    """A user clears generation 1 and everything after it (tasks and their objects) and runs again: the same
+    fused model, and no second audit entry for the generations that ran twice."""
+    config = _config(tiny_population, tmp_path)
+    assert _evolver(config, tmp_path / "first", dict(os.environ)).returncode == 0
+    run_folder = tmp_path / "store" / run_key(RUN_ID)
+    cleared = sorted(p.name for p in run_folder.iterdir() if p.name in ("gen=1", "gen=2", "final"))
+    assert cleared == ["final", "gen=1", "gen=2"]
+    for name in cleared:
+        shutil.rmtree(run_folder / name)
+    again = _evolver(config, tmp_path / "again", dict(os.environ))
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert summary["fused_model_sha256"] == undisturbed
+    assert (run_folder / "gen=2" / "population.json").is_file()  # recomputed, not found
+    steps, children = _audit_entries(config, summary)
+    assert steps == [0, 1, 2] and children == len(summary["lineage"])

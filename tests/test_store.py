@@ -174,17 +174,41 @@ def test_cached_copy_is_reused_until_the_object_changes(s3):
 
 
 def test_missing_bucket_fails_fast_naming_bucket_and_endpoint(s3_endpoint):
-    with pytest.raises(StoreError, match=rf"bucket 'no-such-bucket' at endpoint {s3_endpoint} does not exist"):
+    with pytest.raises(StoreError, match=rf"bucket 'no-such-bucket' at endpoint {s3_endpoint} does not exist") as missing:
         open_store("s3://no-such-bucket/runs")
+    assert not missing.value.transient  # a retry cannot create the bucket: the task fails at once
 
 
 def test_unreachable_endpoint_fails_fast(s3_endpoint, monkeypatch):
     endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)
     start = time.monotonic()
-    with pytest.raises(StoreError, match=rf"bucket 'runs' at endpoint {endpoint} is unreachable"):
+    with pytest.raises(StoreError, match=rf"bucket 'runs' at endpoint {endpoint} is unreachable") as unreachable:
         open_store("s3://runs/x")
     assert time.monotonic() - start < 10
+    assert unreachable.value.transient  # an outage: the drivers retry the stage
+
+
+def test_a_full_disk_is_a_clear_retryable_error_that_leaves_no_partial_object(tmp_path):
+    """The file store on a real tmpfs of 256 KiB (mounting one needs root, as in CI's container)."""
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("a size-limited tmpfs needs root and mount rights; bench.reliability's disk-full case needs them too")
+    try:
+        store = LocalStore(folder)
+        store.put_bytes("small.bin", b"x" * 1024)
+        with pytest.raises(StoreError, match=r"writing 'big.bin' failed: No space left on device") as full:
+            store.put_bytes("big.bin", b"x" * 512 * 1024)
+        assert full.value.transient
+        assert sorted(p.name for p in folder.iterdir()) == ["small.bin"]  # no temporary file, no partial object
+        subprocess.run(["mount", "-o", "remount,size=2m", str(folder)], check=True)
+        store.put_bytes("big.bin", b"x" * 512 * 1024)  # the retry after space is freed
+        assert store.get_bytes("big.bin") == b"x" * 512 * 1024
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
 
 
 def test_tensor_file_reads_whole_tensors_and_blocks_of_rows_and_refuses_bad_files(store, tmp_path):

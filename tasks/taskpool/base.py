@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tasks import faults
 from tasks.taskpool.data import MODEL_INPUTS, DataError, batch_bounds
 from tasks.taskpool.registry import TaskType, fitness_value, get_task_type
 
@@ -105,6 +106,7 @@ class Task:
             width = int(widths[batch].max())  # pad only to the longest example of this batch
             logits = self.forward(model, {name: tensor[batch, ..., :width] for name, tensor in inputs.items()})
             scorer.update(logits, labels[batch, :width] if labels.dim() == 2 else labels[batch], group[batch])
+            faults.point("evaluate.mid_forward")  # a worker lost between batches, its shard half scored
         return scorer.result()
 
     def aggregate(self, by_source: Sequence[Any], metric: str, aggregate: str) -> float:
