@@ -4,7 +4,7 @@
 
 On the fault matrix's servers (bench.fault_matrix: a moto S3 server, an `mlflow server`) and its tiny population,
 it starts `airflow standalone` (LocalExecutor, SQLite) on 127.0.0.1 and, through the REST API as the UI does:
-1. **restart**: triggers a run; in its generation 1 kills every Airflow process (scheduler, api-server,
+1. **restart**: triggers a run; while a task of its generation 1 runs, kills every Airflow process (scheduler, api-server,
    dag-processor, triggerer and the task processes: SIGKILL to the process group, as a lost node does),
    starts Airflow again on the same home, and waits: the task instances that died are found without a
    heartbeat, retried, and resume from the store;
@@ -93,7 +93,7 @@ class Airflow:
         """The run's task instances that are running or queued, as `task_id[map_index]: state`."""
         quoted = urllib.request.quote(run_id, safe="")
         instances = self.api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quoted}/taskInstances?limit=1000")["task_instances"]
-        return [f"{ti['task_id']}[{ti['map_index']}]: {ti['state']}" for ti in instances if ti["state"] in ("running", "queued")]
+        return [f"{ti['task_id'].rsplit('.', 1)[-1]}[{ti['map_index']}]: {ti['state']}" for ti in instances if ti["state"] in ("running", "queued")]
 
     def tries(self, run_id: str) -> int:
         """Task tries beyond the first, over the run's task instances."""
@@ -157,13 +157,13 @@ def restart_case(h: Harness, airflow: Airflow, solo: dict[int, str]) -> dict[str
     started = time.perf_counter()
     run_id = airflow.trigger(conf)
     store = open_store(conf["store"]).scoped(run_key(run_id))
-    def in_generation_1():
+    def running_in_generation_1():  # a task of generation 1 in the middle of its work, not a gap between tasks
         if airflow.state(run_id) == "failed":
             raise RuntimeError(f"the DAG run {run_id} failed before generation 1; logs under {airflow.home}/logs")
-        return store.list_keys("gen=1")
+        running = [t for t in airflow.active_tasks(run_id) if t.endswith("running")]
+        return store.list_keys("gen=1") and running
 
-    wait("generation 1", in_generation_1, timeout=1800, interval=0.5)
-    active = airflow.active_tasks(run_id)
+    active = wait("a task running in generation 1", running_in_generation_1, timeout=1800, interval=0.3)
     airflow.kill()
     killed_at = time.perf_counter() - started
     airflow.start()
@@ -171,7 +171,7 @@ def restart_case(h: Harness, airflow: Airflow, solo: dict[int, str]) -> dict[str
     sha = airflow.fused_sha(run_id)
     return {
         "case": "scheduler restart",
-        "injected": f"SIGKILL to every Airflow process in generation 1 ({killed_at:.0f} s in), then a restart",
+        "injected": f"SIGKILL to every Airflow process while a task of generation 1 ran ({killed_at:.0f} s in), then a restart",
         "active_at_kill": active,
         "state": state,
         "retried_tries": airflow.tries(run_id),

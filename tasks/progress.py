@@ -27,7 +27,13 @@ Log = Callable[[str], object]
 # Library chatter that buries the progress lines: MLflow's INFO lines (database migrations), transformers' and
 # the hub's progress bars (one per saved model), transformers' advisory warnings. Read when each library is
 # first imported, so set before; a value the user set wins, and `--verbose` leaves them all alone.
-QUIET = {"MLFLOW_LOGGING_LEVEL": "WARNING", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+QUIET = {
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # With an MLflow server, its client prints two "View run" lines each time a run ends (one per offspring).
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
 
 
 def quiet_libraries() -> None:
