@@ -39,6 +39,9 @@ SEEDS = (1, 2, 3, 4)
 ENVIRONMENT = {
     "AIRFLOW__CORE__PARALLELISM": "4",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",  # a killed task is found in 30 s, not 5 min
+    # A restarted scheduler resets the dead one's running tasks only at its orphan check, every 300 s by default
+    # (its first check, at start, still finds the dead scheduler's heartbeat fresh): 5 minutes of nothing.
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
     "EVOLVER_RETRY_DELAY_SECONDS": "5",
     "EVOLVER_MAX_GENERATIONS": "2",
     "EVOLVER_MAX_ROUNDS": "3",  # the sequential schedule (the default) runs a round per member
