@@ -351,7 +351,7 @@ def disk_full(h: Harness, name: str):
 
 def champion_race(h: Harness, name: str):
     """Two runs reach the champion gate of one registered model at the same moment (both killed just before it,
-    then resumed together): one decides first, the other is compared against it."""
+    then resumed together, each slowed inside the gate): one decides first, the other is compared against it."""
     from tasks import tracking
 
     model = f"{name}-fused"
@@ -359,7 +359,10 @@ def champion_race(h: Harness, name: str):
     for run_id, config in configs.items():
         if h.evolver(run_id, config, faults="promote.before_gate=kill") != -9:
             return f"{run_id}: the kill did not happen", None, False
-    processes = {run_id: h.evolver(run_id, config, faults="promote.before_gate=kill", background=True) for run_id, config in configs.items()}
+    # Resumed together, each pauses 5 s inside the gate, between reading the champion and moving the alias:
+    # without the gate's lock both would read "no champion" and both be promoted.
+    faults = "promote.before_gate=kill,promote.in_gate=pause:5"
+    processes = {run_id: h.evolver(run_id, config, faults=faults, background=True) for run_id, config in configs.items()}
     for process in processes.values():
         process.wait(timeout=1800)
     decisions = {run_id: (h.summary(config, run_id) or {}).get("promotion") for run_id, config in configs.items()}

@@ -2,6 +2,7 @@
 
     EVOLVER_INJECT_FAULTS="select.after_tracking,finalize.after_tracking"   points to break (an exception)
     EVOLVER_INJECT_FAULTS="make_offspring.mid_stream=kill"                  ...or SIGKILL the process there
+    EVOLVER_INJECT_FAULTS="promote.in_gate=pause:5"                         ...or sleep there (a race window)
     EVOLVER_FAULTS_STATE=/some/dir                                          remembers which already fired
 
 A point fires once (a marker file records it, before the fault), so the retried task runs through: this is how
@@ -10,13 +11,15 @@ write, leaves no duplicate and no partial object behind on its retry. Without th
 no-op. The points: `make_offspring.mid_stream` (an offspring half streamed out), `evaluate.mid_forward` (after
 a shard's first batch), `evaluate.before_write` (a shard scored, its result not yet written),
 `select.after_tracking` (state and MLflow written, the generation's marker not), `finalize.after_tracking`,
-`promote.before_gate` (a run registered, its champion gate not yet decided).
+`promote.before_gate` (a run registered, its champion gate not yet decided), `promote.in_gate` (the champion
+read, the alias not yet moved).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 
@@ -34,6 +37,10 @@ def point(name: str) -> None:
         (state / name).open("x").close()
     except FileExistsError:
         return
-    if wanted[name] == "kill":  # as the OOM killer or a lost node does: no exception handler, no cleanup
+    mode, _, seconds = wanted[name].partition(":")
+    if mode == "pause":  # a slow step, not a failure: it holds a race window open
+        time.sleep(float(seconds or 5))
+        return
+    if mode == "kill":  # as the OOM killer or a lost node does: no exception handler, no cleanup
         os.kill(os.getpid(), signal.SIGKILL)
     raise InjectedFault(f"injected fault at {name} (first try only)")

@@ -1082,6 +1082,7 @@ def _champion_gate(run: Run, versions: dict[str, str], challenger: dict[str, flo
     cfg, metric = run.cfg, _gate_metric(run)
     version = ",".join(versions.values())
     current = {name: tracking.champion(cfg, name) for name in versions}
+    faults.point("promote.in_gate")
     if any(c is None for c in current.values()):
         return {"promoted": True, "champion_before": None, "decided_by": "no champion", "reason": f"no champion yet: version {version} becomes champion"}
     before = ",".join(str(c.version) for c in current.values())
