@@ -3,6 +3,7 @@
     EVOLVER_INJECT_FAULTS="select.after_tracking,finalize.after_tracking"   points to break (an exception)
     EVOLVER_INJECT_FAULTS="make_offspring.mid_stream=kill"                  ...or SIGKILL the process there
     EVOLVER_INJECT_FAULTS="promote.in_gate=pause:5"                         ...or sleep there (a race window)
+    EVOLVER_INJECT_FAULTS="select.after_tracking=outage"                    ...or raise a store outage there
     EVOLVER_FAULTS_STATE=/some/dir                                          remembers which already fired
 
 A point fires once (a marker file records it, before the fault), so the retried task runs through: this is how
@@ -43,4 +44,8 @@ def point(name: str) -> None:
         return
     if mode == "kill":  # as the OOM killer or a lost node does: no exception handler, no cleanup
         os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "outage":  # what the store raises when it does not answer
+        from tasks.store import StoreUnavailable
+
+        raise StoreUnavailable(f"injected outage at {name} (first try only)")
     raise InjectedFault(f"injected fault at {name} (first try only)")

@@ -90,6 +90,21 @@ def test_bad_input_fails_at_once_and_marks_the_mlflow_run_failed(dag, tiny_confi
     assert mlflow_run.info.status == "FAILED"
 
 
+def test_a_store_outage_is_retried_where_bad_input_is_not(dag, tiny_config, tmp_path, monkeypatch):
+    """A store that does not answer raises StoreUnavailable, an InputError that is transient: the task fails its
+    try and Airflow retries it, and the run succeeds (bad input, above, fails at its first try)."""
+    from tasks.config import EvolverConfig
+
+    conf = EvolverConfig.from_dict(yaml.safe_load(tiny_config.read_text())).resolved()
+    monkeypatch.setenv("EVOLVER_INJECT_FAULTS", "select.after_tracking=outage")
+    monkeypatch.setenv("EVOLVER_FAULTS_STATE", str(tmp_path / "faults"))
+    run = dag.test(run_conf=conf)
+    assert [p.name for p in (tmp_path / "faults").iterdir()] == ["select.after_tracking"]
+    assert run.state == "success"
+    ti = run.get_task_instance("gen_00.round_0.select")
+    assert ti.state == "success" and ti.try_number == 2
+
+
 def test_checkpoint_events_name_the_models_to_fuse():
     """The asset events a run is triggered by, built with Airflow's own classes, as a task sees them."""
     from datetime import datetime, timezone
