@@ -7,8 +7,8 @@ against one undisturbed run of the same config.
 The servers are real and local: a moto S3 server in this process (stopping it closes its port; a new one on
 the same port serves the same objects, as a restarted MinIO would) and an `mlflow server` subprocess with a
 SQLite backend. Every run is a subprocess (`evolver run --retries 4 --retry-delay 5`: 5, 10, 20, 40 s, the
-CLI's equivalent of the DAG's task retries), so a SIGKILL is a real one. A retry after a kill is the same command again with the same run id,
-which is what Airflow does when it starts a task's next try.
+CLI's equivalent of the DAG's task retries), so a SIGKILL is a real one. A retry after a kill is the same
+command again with the same run id, which is what Airflow does when it starts a task's next try.
 
 A case survives when the run ends with the undisturbed run's `fused_model_sha256` and a complete audit trail
 (one `best_fitness` per generation, one child run per lineage row), or, where a fault cannot be survived by

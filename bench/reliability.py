@@ -269,9 +269,9 @@ def main(argv: list[str] | None = None) -> int:
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--inputs", action="store_true", help="the bad-input cases")
     what.add_argument("--load", action="store_true", help="the Airflow cases: a scheduler restart, four concurrent DAG runs")
-    parser.add_argument("--cases", nargs="+", default=None, metavar="PATTERN", help="only the cases whose name contains a PATTERN")
+    parser.add_argument("--cases", nargs="+", default=None, metavar="PATTERN", help="only the cases whose name contains a PATTERN (the fault matrix and --inputs)")
     parser.add_argument("--output", type=Path, default=None, help="also write the table and results (JSON) here, as <output>.md/.json")
-    parser.add_argument("--workdir", type=Path, default=None, help="keep the runs' folders here (default: a temporary folder, removed)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the runs' folders here (the fault matrix and --load; default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     import os
 
