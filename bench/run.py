@@ -3,6 +3,7 @@
     python -m bench.run [--quick] [--name NAME] [--seeds 1 2 3] [--workdir DIR] [--results DIR]
     python -m bench.run --setting ablation [--quick] [--methods average ties ...]   # see bench/ablation.py
     python -m bench.run --setting cross-task [--quick] [--jobs 2]                    # see bench/cross_task.py
+    python -m bench.run --setting families [--quick] [--jobs 2]                      # see bench/families.py
 
 1. Population: all-MiniLM-L6-v2 fine-tuned once per in-domain Twitter domain (tasks.finetune, cached by
    content in <workdir>/models), plus the multi-task reference fine-tuned on the union of their training data.
@@ -621,9 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--keep-stores", action="store_true", help="keep each run's store folder (offspring weights; large)")
     parser.add_argument(
-        "--setting", choices=("benchmark", "ablation", "cross-task"), default="benchmark",
+        "--setting", choices=("benchmark", "ablation", "cross-task", "families"), default="benchmark",
         help="benchmark: the result table; ablation: one factor at a time against the out-of-domain loss (bench/ablation.py); "
-        "cross-task: members fine-tuned on different tasks, fused pair by pair and all together (bench/cross_task.py)",
+        "cross-task: members fine-tuned on different tasks, fused pair by pair and all together (bench/cross_task.py); "
+        "families: MiniLM, a GPT-2 and a T5 pre-trained here, by classification head and rank classification (bench/families.py)",
     )
     parser.add_argument("--methods", nargs="+", default=None, help="ablation only: merging methods Evolver runs inside, and `plain` (default: average ties plain)")
     parser.add_argument("--resume", action="store_true", help="ablation and cross-task: keep the finished runs of <results>/<name>.json and run the rest")
@@ -653,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cross_task import run_cross_task
 
         run_cross_task(args, argv)
+    elif args.setting == "families":
+        from bench.families import run_families
+
+        run_families(args, argv)
     else:
         run_benchmark(args, argv)
     return 0

@@ -2,7 +2,9 @@
 
 A sequence classifier or a regressor from a CSV file (columns text, label, and a pair column for sentence-pair
 tasks), or a token classifier from a JSONL file (`{"tokens": [...], "tags": [...]}` a line), with each word's tag
-on its first sub-token as the task pool scores it.
+on its first sub-token as the task pool scores it. A generative model (a causal LM, or T5) learns rank
+classification: to write the gold label's verbalizer after the prompt, its loss on the verbalizer's tokens only,
+encoded exactly as the task pool scores them (`taskpool.rank.encode_choices`).
 
 A plain torch loop (AdamW, linear warm-up then decay) rather than `Trainer`: it is short, has no extra
 dependencies (accelerate) and its every random draw comes from `seed`.
@@ -68,14 +70,28 @@ def _read_rows(
 
 
 def _head(task_type: str, labels: list[str]) -> dict:
-    """`from_pretrained`'s settings for a new head: one output for regression, else one per label, named."""
+    """`from_pretrained`'s settings for a new head: one output for regression, else one per label, named; none
+    for rank classification, which scores the model's own language-model head."""
+    if task_type == "rank_classification":
+        return {}
     if task_type == "regression":
         return {"num_labels": 1, "problem_type": "regression"}
     return {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {label: i for i, label in enumerate(labels)}}
 
 
-def _batch(tokenizer, texts: list, pairs: list[str] | None, targets: list, rows: list[int], max_length: int, task_type: str) -> dict:
-    """One training batch, tokenised as `taskpool.encode` tokenises evaluation rows."""
+def _batch(tokenizer, texts: list, pairs: list[str] | None, targets: list, rows: list[int], max_length: int, task_type: str, generative: dict | None = None) -> dict:
+    """One training batch, tokenised as `taskpool.encode` tokenises evaluation rows; `generative`: rank
+    classification's prompt, verbalizers and seq2seq flag."""
+    if task_type == "rank_classification":
+        from tasks.taskpool.rank import encode_choices
+
+        chosen = encode_choices(tokenizer, [texts[i] for i in rows], [pairs[i] for i in rows] if pairs else None, max_length=max_length, **generative)
+        gold = torch.tensor([targets[i] for i in rows])
+        pick = lambda t: t[torch.arange(len(rows)), gold].long()  # each row's sequence for its own label
+        ids, mask, labels = pick(chosen["input_ids"]), pick(chosen["attention_mask"]), pick(chosen["choice_targets"])
+        width = int(mask.sum(1).max()) if not generative["seq2seq"] else ids.shape[1]
+        # A causal LM's labels are its input ids where scored (the model shifts them); T5's are the decoder targets.
+        return {"input_ids": ids[:, :width], "attention_mask": mask[:, :width], "labels": labels[:, :width]}
     if task_type == "token_classification":
         from tasks.taskpool.tokens import align
 
@@ -130,11 +146,12 @@ def _partial_folder(out_dir: Path) -> Path:
     return tmp
 
 
-def _replace_folder(tmp: Path, out_dir: Path) -> None:
-    """Move a finished temporary folder to out_dir, replacing an earlier checkpoint of ours."""
+def _replace_folder(tmp: Path, out_dir: Path, record_name: str = RECORD) -> None:
+    """Move a finished temporary folder to out_dir, replacing an earlier checkpoint of ours (one with the
+    record file `record_name`)."""
     if out_dir.exists():
         # Only a folder this module wrote (it has the record) or an empty one is ours to replace.
-        if not (out_dir / RECORD).is_file() and any(out_dir.iterdir()):
+        if not (out_dir / record_name).is_file() and any(out_dir.iterdir()):
             raise FileExistsError(f"{out_dir} exists and is not a fine-tuned checkpoint; not overwriting it")
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -158,12 +175,15 @@ def finetune(
     task_type: str = "sequence_classification",
     text_column: str = "text",
     label_column: str = "label",
+    prompt: str | None = None,
+    verbalizers: dict[str, str] | None = None,
     log: Callable[[str], object] = print,
 ) -> Path:
     """Fine-tune base_model on train_csv (columns `text_column`, `label_column`, and the second text of a
     sentence-pair task in `text_pair_column`, encoded as the task pool encodes pairs; for token classification a
     JSONL file of tokens and tags) and save it with its tokenizer to out_dir. `labels`: the label or tag names
-    (none for regression).
+    (none for regression). Rank classification (a causal LM or T5 base): `prompt` ({text}, {text_pair}) and
+    `verbalizers` {label: text} for every label, as the run config's `data` block gives them.
 
     Returns out_dir. If out_dir already holds a checkpoint made with the same arguments from a training file
     with the same content, nothing is trained. `device` is not part of that identity: it changes speed, not
@@ -188,6 +208,16 @@ def finetune(
         args["task_type"] = task_type
     if (text_column, label_column) != ("text", "label"):  # likewise
         args.update(text_column=text_column, label_column=label_column)
+    generative = None
+    if task_type == "rank_classification":
+        from tasks.modelpool import is_encoder_decoder
+
+        missing = [label for label in labels if not (verbalizers or {}).get(label)]
+        if missing:
+            raise ValueError(f"rank_classification: no verbalizer for label(s) {missing}; give verbalizers {{label: text}} for every label")
+        prompt = prompt if prompt is not None else ("{text} {text_pair}" if text_pair_column else "{text}")
+        args.update(prompt=prompt, verbalizers={label: verbalizers[label] for label in labels})
+        generative = {"prompt": prompt, "verbalizers": [verbalizers[label] for label in labels], "seq2seq": is_encoder_decoder(base_model)}
     record_path = out_dir / RECORD
     if record_path.is_file() and json.loads(record_path.read_text()).get("args") == args:
         log(f"{out_dir}: up to date, not fine-tuning again")
@@ -200,7 +230,7 @@ def finetune(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     from tasks.modelpool import auto_class
 
-    model = auto_class(task_type).from_pretrained(base_model, **_head(task_type, labels)).to(dev)
+    model = auto_class(task_type, base_model).from_pretrained(base_model, **_head(task_type, labels)).to(dev)
     optimizer = _optimizer(model.parameters(), lr, weight_decay)
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = steps_per_epoch * epochs
@@ -216,7 +246,7 @@ def finetune(
     for _ in range(epochs):
         order = torch.randperm(len(texts), generator=order_rng).tolist()
         for begin in range(0, len(order), batch_size):
-            batch = _batch(tokenizer, texts, pairs, targets, order[begin : begin + batch_size], max_length, task_type)
+            batch = _batch(tokenizer, texts, pairs, targets, order[begin : begin + batch_size], max_length, task_type, generative)
             losses.append(_train_step(model, batch, dev, optimizer, scheduler))
             step += 1
             progress(step, losses)

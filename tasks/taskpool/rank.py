@@ -50,12 +50,38 @@ class RankClassification(Classification):
             )
 
 
+def fitted_prompts(tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, *, prompt: str, room: int) -> list[list[int]]:
+    """Each row's prompt as token ids, at most `room` of them. A prompt that is too long loses words from the end
+    of its text (and pair, in proportion), never the template's own words: a prompt such as `{text} It was` keeps
+    the cue the verbalizer continues, where cutting the rendered prompt from the right would drop it. A template
+    too long to fit even with empty fields is cut from the right."""
+    pairs = pairs if pairs is not None else [""] * len(texts)
+    ids = tokenizer([prompt.format(text=t, text_pair=p) for t, p in zip(texts, pairs)])["input_ids"]
+    for i, row in enumerate(ids):
+        if len(row) <= room:
+            continue
+        words = (texts[i].split(), pairs[i].split())
+
+        def render(fraction: float, words=words) -> list[int]:
+            kept = [" ".join(w[: int(len(w) * fraction)]) for w in words]
+            return tokenizer(prompt.format(text=kept[0], text_pair=kept[1]))["input_ids"]
+
+        # Binary search on the fraction of each field's words kept: 12 halvings resolve 1 word in 4,096.
+        low, high = 0.0, 1.0
+        for _ in range(12):
+            middle = (low + high) / 2
+            low, high = (middle, high) if len(render(middle)) <= room else (low, middle)
+        fitted = render(low)
+        ids[i] = fitted if len(fitted) <= room else tokenizer(prompt.format(text=texts[i], text_pair=pairs[i]), truncation=True, max_length=room)["input_ids"]
+    return ids
+
+
 def encode_choices(
     tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, *, prompt: str, verbalizers: Sequence[str], max_length: int, seq2seq: bool
 ) -> dict[str, torch.Tensor]:
     """input_ids, attention_mask and choice_targets (rows x labels x tokens) and lengths (per row, its longest
     sequence). A causal LM's prompt is cut from the right so that prompt + the longest verbalizer fit
-    `max_length`; T5's prompt and verbalizer each fit it."""
+    `max_length`; T5's prompt and verbalizer each fit it (see `fitted_prompts` for how a prompt is shortened)."""
     # T5's targets end with its end-of-sequence token, as it was trained to write them; a continuation has no BOS.
     choices = [tokenizer(v, add_special_tokens=seq2seq)["input_ids"] for v in verbalizers]
     if any(not c for c in choices):
@@ -63,8 +89,7 @@ def encode_choices(
     room = max_length if seq2seq else max_length - max(len(c) for c in choices)
     if room < 1:
         raise DataError(f"max_length {max_length} leaves no room for the prompt beside the longest verbalizer ({max(len(c) for c in choices)} tokens)")
-    rendered = [prompt.format(text=t, text_pair=p) for t, p in zip(texts, pairs if pairs is not None else [""] * len(texts))]
-    prompts = tokenizer(rendered, truncation=True, max_length=room)["input_ids"]
+    prompts = fitted_prompts(tokenizer, texts, pairs, prompt=prompt, room=room)
     choices = [c[:max_length] for c in choices]
     sizes = [[max(len(p), len(c)) if seq2seq else len(p) + len(c) for c in choices] for p in prompts]
     width = max(max(row) for row in sizes)
