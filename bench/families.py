@@ -79,7 +79,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "test": 24,
         "ood_test": 24,
         "generations": 1,
-        "seeds": [1],
+        "seeds": [1, 2],
         "vocab": 600,
         "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
         "t5": {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_layers": 2, "num_heads": 2},
@@ -380,7 +380,7 @@ def summarise(result: dict[str, Any]) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from bench.report import row_order
+    from bench.report import row_order, spread
 
     m, sizes, pop = result["machine"], result["sizes"], result["population"]
     lines = [
@@ -407,13 +407,24 @@ def markdown(result: dict[str, Any]) -> str:
             f"{record['tokens_seen'] / 1e6:.2f} M of {record['tokens_available'] / 1e6:.2f} M | {record['first_loss']:.2f} → {record['final_loss']:.2f} | {record['seconds']:.0f} |"
         )
     lines += ["", f"Pre-training text: {pop['pretraining_texts']} texts (no dev or test text); vocabulary {sizes['vocab']} (byte-level BPE).", ""]
-    lines += ["## Results", "", "| family | row | in-domain | out-of-domain | dev fitness | wall s |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## Results",
+        "",
+        "Macro-F1, and MCC (0 for a model that predicts one label for everything, or labels at random).",
+        "",
+        "| family | row | in-domain | out-of-domain | dev fitness | in-domain MCC | out-of-domain MCC | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for family, block in result["families"].items():
         for row in row_order(block["rows"]):
             entry = block["rows"][row]
             s = entry["summary"]
             note = "" if entry["seeded"] else " ¹"
-            lines.append(f"| {family} | {row}{note} | {bench_pm(s['in_domain'])} | {bench_pm(s['out_of_domain'])} | {bench_pm(s['dev_fitness'])} | {s['wall_s']['mean']:.0f} |")
+            mcc = {group: spread([_mcc(v, group) for v in entry["per_seed"].values()]) for group in ("in_domain", "out_of_domain")}
+            lines.append(
+                f"| {family} | {row}{note} | {bench_pm(s['in_domain'])} | {bench_pm(s['out_of_domain'])} | {bench_pm(s['dev_fitness'])} | "
+                f"{bench_pm(mcc['in_domain'])} | {bench_pm(mcc['out_of_domain'])} | {s['wall_s']['mean']:.0f} |"
+            )
     lines += ["", "¹ draws nothing at random: run once, repeated for every seed (std 0 by construction).", ""]
     lines += ["## Members", "", "| family | member | fine-tuning s | recipe |", "|---|---|---|---|"]
     for family, pool in pop["families"].items():
@@ -421,6 +432,13 @@ def markdown(result: dict[str, Any]) -> str:
         for domain, member in pool["members"].items():
             lines.append(f"| {family} | {domain} | {member['finetune_s']:.0f} | {recipe['epochs']} epochs, lr {recipe['lr']}, batch {recipe['batch_size']} |")
     return "\n".join(lines) + "\n"
+
+
+def _mcc(values: dict[str, Any], group: str) -> float:
+    """A row's mean MCC over a group of held-out sets; for `individual (mean)`, the mean over its members."""
+    if "members" in values:
+        return sum(m["heldout_mean"][group]["mcc"] for m in values["members"].values()) / len(values["members"])
+    return values["heldout_mean"][group]["mcc"]
 
 
 def bench_pm(stat: dict[str, float]) -> str:
@@ -433,3 +451,20 @@ def write(result: dict[str, Any], results_dir: Path, started: float) -> None:
     result["wall_s"] = round(time.perf_counter() - started, 1)
     summarise(result)
     write_json_and_markdown(result, results_dir, markdown(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.families results/<name>.json`: re-render <name>.md from the JSON, running nothing."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.families", description=main.__doc__)
+    parser.add_argument("results", type=Path)
+    path = parser.parse_args(argv).results
+    result = json.loads(path.read_text())
+    summarise(result)
+    path.with_suffix(".md").write_text(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

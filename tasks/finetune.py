@@ -227,10 +227,14 @@ def finetune(
     texts, pairs, targets = _read_rows(train_csv, label2id, text_pair_column, task_type, text_column, label_column)
     dev = _resolve_device(device)
     set_seed(seed)  # python, numpy and torch (CPU and CUDA): the new classifier head and dropout draw from it
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    from tasks.modelpool import auto_class
+    from tasks.modelpool import auto_class, load_tokenizer, pad_token_id
 
+    # Padded as the task pool pads: a decoder shipped without a pad token (GPT-2, Llama) pads with its end token,
+    # and its sequence head reads the last token that is not that id.
+    tokenizer = load_tokenizer(base_model)
     model = auto_class(task_type, base_model).from_pretrained(base_model, **_head(task_type, labels)).to(dev)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id(base_model)
     optimizer = _optimizer(model.parameters(), lr, weight_decay)
     steps_per_epoch = math.ceil(len(texts) / batch_size)
     total = steps_per_epoch * epochs

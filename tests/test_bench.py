@@ -261,14 +261,19 @@ def test_held_out_domain_guard_moves_the_last_dev_domain_to_validation():
 # -- the cross-task setting (bench/cross_task.py) ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cross_task(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("cross-task")
+def quick_setting(tmp_path_factory, setting: str) -> dict:
+    """`bench.run --setting <setting> --quick` in a fresh folder: its workdir, results folder and results."""
+    workdir = tmp_path_factory.mktemp(setting)
     results = workdir / "results"
-    command = [sys.executable, "-m", "bench.run", "--setting", "cross-task", "--quick", "--workdir", str(workdir), "--results", str(results)]
+    command = [sys.executable, "-m", "bench.run", "--setting", setting, "--quick", "--workdir", str(workdir), "--results", str(results)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return {"workdir": workdir, "results": results, "data": json.loads((results / "cross-task-quick.json").read_text())}
+    return {"workdir": workdir, "results": results, "data": json.loads((results / f"{setting}-quick.json").read_text())}
+
+
+@pytest.fixture(scope="module")
+def cross_task(tmp_path_factory):
+    return quick_setting(tmp_path_factory, "cross-task")
 
 
 def test_cross_task_runs_every_row_of_every_fusion_for_every_seed(cross_task):
@@ -358,3 +363,77 @@ def test_cross_task_resume_keeps_every_finished_run(cross_task, tmp_path):
         assert {r: v["per_seed"] for r, v in after["fusions"][fusion]["rows"].items()} == {r: v["per_seed"] for r, v in entry["rows"].items()}, fusion
     assert after["complete"] and after["invocations"][0]["started"] == before["started"] and after["wall_s"] >= before["wall_s"]
     assert after["discarded"] == {} and "Resumed (`--resume`)" in (results / "cross-task-quick.md").read_text()
+
+
+# -- the families setting (bench/families.py) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def families(tmp_path_factory):
+    return quick_setting(tmp_path_factory, "families")
+
+
+def test_families_run_every_row_of_every_family_for_every_seed(families):
+    from bench import families as fam
+
+    data = families["data"]
+    seeds = [str(s) for s in data["sizes"]["seeds"]]
+    assert data["complete"] and data["setting"] == "families" and len(seeds) >= 2
+    assert list(data["families"]) == list(fam.FAMILIES)
+    rows = {bench.INDIVIDUAL_MEAN, bench.INDIVIDUAL_BEST, "average", "ties", "Evolver + average", "Evolver + ties"}
+    for family, block in data["families"].items():
+        assert set(block["rows"]) == rows, family
+        for name, row in block["rows"].items():
+            assert sorted(row["per_seed"]) == seeds and row["summary"]["in_domain"]["n"] == len(seeds), (family, name)
+            assert row["seeded"] == name.startswith("Evolver"), (family, name)
+            if not row["seeded"]:  # run once: every seed repeats its numbers
+                assert len({json.dumps(v, sort_keys=True) for v in row["per_seed"].values()}) == 1, (family, name)
+            for values in row["per_seed"].values():
+                assert 0 <= values["in_domain"] <= 1 and 0 <= values["out_of_domain"] <= 1 and values["wall_s"] > 0
+        for method in ("average", "ties"):  # Evolver never ends below the merge it runs inside
+            for seed, values in block["rows"][f"Evolver + {method}"]["per_seed"].items():
+                assert values["curve"] == sorted(values["curve"]) and values["curve"][0] == pytest.approx(block["rows"][method]["per_seed"][seed]["dev_fitness"])
+
+
+def test_families_members_are_the_family_they_claim(families):
+    """A classification head where the family has one, the language-model head where it is scored by rank; every
+    member fine-tuned from its family's base, which was pre-trained here for the recorded steps."""
+    from bench import families as fam
+
+    population = families["data"]["population"]
+    architecture = {
+        fam.MINILM: "BertForSequenceClassification", fam.GPT2: "GPT2ForSequenceClassification",
+        fam.GPT2_RANK: "GPT2LMHeadModel", fam.T5_RANK: "T5ForConditionalGeneration",
+    }  # fmt: skip
+    for family, pool in population["families"].items():
+        for member in pool["members"].values():
+            folder = Path(member["folder"])
+            assert json.loads((folder / "config.json").read_text())["architectures"] == [architecture[family]], family
+            assert json.loads((folder / "finetune.json").read_text())["args"]["base_model"] == str(Path(pool["base_model"]).resolve())
+    sizes = families["data"]["sizes"]
+    for kind, record in population["pretrained"].items():
+        steps = sizes["pretrain"][kind]
+        assert record["args"]["steps"] == steps and record["tokens_seen"] == steps * sizes["pretrain"]["batch_size"] * sizes["pretrain"]["block"]
+        assert record["seconds"] > 0 and record["final_loss"] < record["first_loss"], kind
+
+
+def test_families_pre_training_never_reads_a_text_it_is_scored_on(families):
+    from bench.families import pretraining_texts
+
+    data = Path(families["data"]["population"]["data"])
+    scored = {normalise(t) for f in data.rglob("*.csv") if f.name in ("dev.csv", "test.csv") for t in pd.read_csv(f, dtype=str, keep_default_na=False)["text"]}
+    trained = {normalise(t) for t in data.rglob("train.csv") for t in pd.read_csv(t, dtype=str, keep_default_na=False)["text"]}
+    texts = {normalise(t) for t in pretraining_texts(data)}
+    assert scored and not texts & scored
+    assert trained <= texts  # the members' own training text is unlabelled pre-training text too
+    assert families["data"]["population"]["pretraining_texts"] == len(texts)
+
+
+def test_families_markdown_states_the_budget_and_every_row(families):
+    data, markdown = families["data"], (families["results"] / "families-quick.md").read_text()
+    for family, block in data["families"].items():
+        for row in block["rows"]:
+            assert f"| {family} | {row}" in markdown
+    for kind, record in data["population"]["pretrained"].items():
+        assert f"| {kind} (from scratch) |" in markdown and f"| {record['seconds']:.0f} |" in markdown
+    assert data["command"] in markdown and "(PARTIAL)" not in markdown

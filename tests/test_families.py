@@ -274,3 +274,55 @@ def test_bad_generative_configs_fail_before_compute(tiny_decoders, tmp_path, cap
         assert main(["run", str(config), "--output", str(tmp_path / name / "out")]) == 2, name
         assert words in capsys.readouterr().err, name
         assert not list((tmp_path / name / "store").glob("*/gen=*")), name
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_a_long_rank_prompt_loses_words_of_its_text_not_the_templates_cue(family):
+    """Cutting the rendered prompt from the right would drop `so it was`, the cue the verbalizer continues; the
+    text gives up its last words instead, as many as needed and no more. A prompt that fits is left alone."""
+    from tasks.taskpool.rank import fitted_prompts
+
+    tokenizer = tiny.t5_tokenizer() if family == "t5" else tiny.word_tokenizer()
+    closing = ["so", "it", "was", *(["</s>"] if family == "t5" else [])]
+    words = [w for w in tiny.vocabulary()[5:] if w not in closing] * 2
+    long, short = " ".join(words), " ".join(words[:3])
+    room = 12
+    fitted, untouched = fitted_prompts(tokenizer, [long, short], None, prompt=tiny.PROMPT, room=room)
+    tokens = tokenizer.convert_ids_to_tokens(fitted)
+    assert len(tokens) == room and tokens[-len(closing) :] == closing
+    assert tokens[: room - len(closing)] == words[: room - len(closing)]  # the text's first words, in order
+    assert untouched == tokenizer(tiny.PROMPT.format(text=short))["input_ids"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "t5"])
+def test_finetune_teaches_a_generative_base_to_rank_its_verbalizers(tiny_decoders, tmp_path, family):
+    """tasks.finetune on an untrained causal LM (no pad token) or T5, task_type rank_classification: the loss
+    is the gold verbalizer after the prompt, so the member ranks the labels of unseen sentences well above
+    chance, where the base does not; a label without a verbalizer is refused before any training."""
+    from tasks import taskpool
+    from tasks.finetune import finetune
+
+    base = tiny_decoders(family, "lm")["base"]
+    train = tiny.write_csv(tmp_path / "train.csv", tiny.sentences("books", 160, seed=1))
+    unseen = tiny.write_csv(tmp_path / "unseen.csv", tiny.sentences("books", 60, seed=7))
+    kind = taskpool.task("rank_classification")
+
+    def accuracy(folder):
+        tokenizer, model = modelpool.load_tokenizer(folder), modelpool.load_model(folder, "rank_classification").eval()
+        data = taskpool.encode(
+            str(unseen), tokenizer=tokenizer, text_column="text", label_column="label", label2id={name: i for i, name in enumerate(tiny.LABELS)},
+            num_labels=3, max_length=64, task_type="rank_classification", prompt=tiny.PROMPT, verbalizers=list(tiny.VERBALIZERS.values()),
+            seq2seq=family == "t5",
+        )  # fmt: skip
+        with torch.no_grad():
+            scores = kind.forward(model, {name: data[name].long() for name in kind.inputs})
+        return (scores.argmax(1) == data["labels"]).float().mean().item()
+
+    recipe = {"base_model": base, "labels": tiny.LABELS, "task_type": "rank_classification", "prompt": tiny.PROMPT, "log": lambda line: None}
+    with pytest.raises(ValueError, match=re.escape("no verbalizer for label(s) ['positive']")):
+        finetune(train, tmp_path / "refused", verbalizers={"negative": "negative", "neutral": "neutral"}, **recipe)
+    assert not (tmp_path / "refused").exists()
+    member = finetune(train, tmp_path / "member", verbalizers=tiny.VERBALIZERS, epochs=20, lr=5e-3, batch_size=16, seed=0, **recipe)
+    assert type(modelpool.load_model(member, "rank_classification")).__name__ == {"gpt2": "GPT2LMHeadModel", "t5": "T5ForConditionalGeneration"}[family]
+    before, after = accuracy(base), accuracy(member)
+    assert after >= 0.8 and after > before + 0.3, (before, after)
