@@ -326,3 +326,45 @@ def test_finetune_teaches_a_generative_base_to_rank_its_verbalizers(tiny_decoder
     assert type(modelpool.load_model(member, "rank_classification")).__name__ == {"gpt2": "GPT2LMHeadModel", "t5": "T5ForConditionalGeneration"}[family]
     before, after = accuracy(base), accuracy(member)
     assert after >= 0.8 and after > before + 0.3, (before, after)
+
+
+def test_t5_gram_matrices_count_each_stack_at_its_own_real_positions(tiny_decoders):
+    """RegMean's statistics on T5: encoder layers and cross-attention's keys and values read encoder states, real
+    where the prompt is; the decoder's other layers (and an untied output layer) read decoder states, real where
+    the verbalizer is. Padding of either kind never enters a Gram matrix."""
+    from tasks import taskpool
+
+    member = tiny_decoders("t5", "lm")["members"][0]
+    tokenizer, model = modelpool.load_tokenizer(member), modelpool.load_model(member, "rank_classification").float().eval()
+    source = tiny.write_csv(member.parent.parent / "gram_check.csv", tiny.sentences("books", 16, seed=5))
+    data = taskpool.encode(
+        str(source), tokenizer=tokenizer, text_column="text", label_column="label", label2id={name: i for i, name in enumerate(tiny.LABELS)},
+        num_labels=3, max_length=64, task_type="rank_classification", prompt=tiny.PROMPT, verbalizers=list(tiny.VERBALIZERS.values()), seq2seq=True,
+    )  # fmt: skip
+    kind = taskpool.task("rank_classification")
+    stacks = {
+        "encoder.block.0.layer.0.SelfAttention.q.weight": "encoder",
+        "decoder.block.1.layer.0.SelfAttention.k.weight": "decoder",
+        "decoder.block.0.layer.1.EncDecAttention.q.weight": "decoder",
+        "decoder.block.0.layer.1.EncDecAttention.k.weight": "encoder",
+        "decoder.block.1.layer.2.DenseReluDense.wo.weight": "decoder",
+        "lm_head.weight": "decoder",
+    }
+    grams = input_grams(model, data, list(stacks), batches=2, batch_size=8, seed=0, kind=kind)
+    assert set(grams) == set(stacks)
+
+    seen = {}
+    modules = dict(model.named_modules())
+    handles = [modules[n.removesuffix(".weight")].register_forward_hook(lambda m, i, o, n=n: seen.update({n: i[0]})) for n in stacks]
+    with torch.no_grad():
+        kind.forward(model, {name: data[name].long() for name in kind.inputs})
+    for handle in handles:
+        handle.remove()
+    real = {
+        "encoder": data["attention_mask"].reshape(-1, data["attention_mask"].shape[-1]).bool(),
+        "decoder": (data["choice_targets"] != -100).reshape(-1, data["choice_targets"].shape[-1]),
+    }
+    assert real["encoder"].sum() != real["decoder"].sum()  # prompts and verbalizers differ in length: the test can tell them apart
+    for name, stack in stacks.items():
+        x = seen[name][real[stack]].double()
+        torch.testing.assert_close(grams[name], (x.T @ x / len(x)).float(), rtol=1e-5, atol=1e-6, msg=name)

@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from tasks.taskpool import MODEL_INPUTS, Task, task
+from tasks.taskpool.rank import IGNORE
 
 
 def _batches(
@@ -88,7 +89,18 @@ def input_grams(
     layers = {name: module for name, module in linears.items() if name in wanted}
     grams: dict[str, torch.Tensor] = {}
     rows: dict[str, int] = dict.fromkeys(layers, 0)
-    mask: torch.Tensor | None = None  # the current batch's attention mask, read by the hooks
+    # The current batch's masks of real positions, read by the hooks. An encoder-decoder (T5) has two: the
+    # encoder's attention mask, and the decoder's targets (its real positions are those with a target). A
+    # decoder layer reads decoder states, except cross-attention's keys and values, which read the encoder's
+    # output: that tensor itself, recognised by identity.
+    masks: dict[str, torch.Tensor | None] = {"encoder": None, "decoder": None}
+    encoder_output: list = [None]
+    in_decoder: set[int] = set()
+    hooks_on = []
+    if getattr(model.config, "is_encoder_decoder", False):
+        # An untied output layer reads the decoder's states too.
+        in_decoder = {id(m) for m in [*model.get_decoder().modules(), model.get_output_embeddings()]}
+        hooks_on.append(model.get_encoder().register_forward_hook(lambda module, inputs, output: encoder_output.__setitem__(0, output[0])))
 
     # The last input's X^T X, since query, key and value read the same input one after the other. The input is
     # kept with it, so that its id cannot be reused by another tensor. One product at a time, not a batch's worth:
@@ -99,7 +111,10 @@ def input_grams(
         def record(module, inputs, output):
             x = inputs[0]
             if last[0] is not x:
-                flat = x[mask.bool()] if x.dim() == 3 and x.shape[:2] == mask.shape else x  # real tokens only
+                decoder_states = id(module) in in_decoder and x is not encoder_output[0]
+                mask = masks["decoder" if decoder_states else "encoder"]
+                real = mask is not None and x.dim() == 3 and x.shape[:2] == mask.shape
+                flat = x[mask.bool()] if real else x  # real tokens only
                 flat = flat.reshape(-1, flat.shape[-1]).float()
                 # One float32 product per batch (fast), summed over batches in float64 (exact enough to solve).
                 last[:] = [x, (flat.T @ flat).double(), len(flat)]
@@ -113,11 +128,15 @@ def input_grams(
         return record
 
     device = next(model.parameters()).device
-    handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
+    handles = hooks_on + [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     try:
         for inputs in _batches(data, batches=batches, batch_size=batch_size, seed=seed, device=device, names=kind.inputs):
             # Rank classification reads every label's sequence of a row: rows x labels x tokens, flattened by forward.
-            mask = inputs["attention_mask"].reshape(-1, inputs["attention_mask"].shape[-1])
+            masks["encoder"] = inputs["attention_mask"].reshape(-1, inputs["attention_mask"].shape[-1])
+            if in_decoder and "choice_targets" in inputs:
+                targets = inputs["choice_targets"]
+                masks["decoder"] = (targets != IGNORE).reshape(-1, targets.shape[-1])
+            encoder_output[0] = None
             kind.forward(model, inputs)
             last[:] = [None, None, 0]
     finally:
