@@ -80,8 +80,8 @@ def encode_choices(
     tokenizer, texts: Sequence[str], pairs: Sequence[str] | None, *, prompt: str, verbalizers: Sequence[str], max_length: int, seq2seq: bool
 ) -> dict[str, torch.Tensor]:
     """input_ids, attention_mask and choice_targets (rows x labels x tokens) and lengths (per row, its longest
-    sequence). A causal LM's prompt is cut from the right so that prompt + the longest verbalizer fit
-    `max_length`; T5's prompt and verbalizer each fit it (see `fitted_prompts` for how a prompt is shortened)."""
+    sequence). A causal LM's prompt is shortened so that prompt + the longest verbalizer fit `max_length`; T5's
+    prompt and verbalizer each fit it (`fitted_prompts`: the text loses words, the template keeps its own)."""
     # T5's targets end with its end-of-sequence token, as it was trained to write them; a continuation has no BOS.
     choices = [tokenizer(v, add_special_tokens=seq2seq)["input_ids"] for v in verbalizers]
     if any(not c for c in choices):
