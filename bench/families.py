@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shlex
 import time
 from pathlib import Path
@@ -273,11 +274,10 @@ def build_population(workdir: Path, sizes: dict[str, Any], log=bench._log) -> di
     families = {}
     for family in FAMILIES:
         recipe = {**sizes["finetune"][MINILM if family == MINILM else "scratch"], "max_length": MAX_LENGTH, "batch_size": 32}
-        generative = {"task_type": "rank_classification", "prompt": PROMPT, "verbalizers": VERBALIZERS} if data_block(family) else {}
         members = {}
         for k, domain in enumerate(sizes["in_domain"]):
             folder = workdir / "models" / family_key(family) / domain
-            finetune(data / domain / "train.csv", folder, base_model=bases[BASE_OF[family]], labels=LABELS, seed=k, log=log, **recipe, **generative)
+            finetune(data / domain / "train.csv", folder, base_model=bases[BASE_OF[family]], labels=LABELS, seed=k, log=log, **recipe, **data_block(family))
             seconds = json.loads((folder / FINETUNE_RECORD).read_text())["result"]["seconds"]
             members[domain] = {"folder": str(folder), "finetune_s": seconds}
             log(f"{family} / {domain}: ready ({seconds:.0f}s of fine-tuning when it was trained)")
@@ -294,7 +294,7 @@ def build_population(workdir: Path, sizes: dict[str, Any], log=bench._log) -> di
 
 def family_key(family: str) -> str:
     """A folder name for a family: `gpt2-rank-classification`, ..."""
-    return "".join(c if c.isalnum() else "-" for c in family.lower().replace("-", "")).strip("-").replace("--", "-")
+    return re.sub(r"[^a-z0-9]+", "-", family.lower().replace("-", "")).strip("-")
 
 
 def run_config(population: dict[str, Any], family: str, sizes: dict[str, Any], workdir: Path, name: str) -> dict[str, Any]:
@@ -380,7 +380,7 @@ def summarise(result: dict[str, Any]) -> None:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    from bench.report import row_order, spread
+    from bench.report import _pm, row_order, spread
 
     m, sizes, pop = result["machine"], result["sizes"], result["population"]
     lines = [
@@ -422,8 +422,8 @@ def markdown(result: dict[str, Any]) -> str:
             note = "" if entry["seeded"] else " ¹"
             mcc = {group: spread([_mcc(v, group) for v in entry["per_seed"].values()]) for group in ("in_domain", "out_of_domain")}
             lines.append(
-                f"| {family} | {row}{note} | {bench_pm(s['in_domain'])} | {bench_pm(s['out_of_domain'])} | {bench_pm(s['dev_fitness'])} | "
-                f"{bench_pm(mcc['in_domain'])} | {bench_pm(mcc['out_of_domain'])} | {s['wall_s']['mean']:.0f} |"
+                f"| {family} | {row}{note} | {_pm(s['in_domain'])} | {_pm(s['out_of_domain'])} | {_pm(s['dev_fitness'])} | "
+                f"{_pm(mcc['in_domain'])} | {_pm(mcc['out_of_domain'])} | {s['wall_s']['mean']:.0f} |"
             )
     lines += ["", "¹ draws nothing at random: run once, repeated for every seed (std 0 by construction).", ""]
     lines += ["## Members", "", "| family | member | fine-tuning s | recipe |", "|---|---|---|---|"]
@@ -439,10 +439,6 @@ def _mcc(values: dict[str, Any], group: str) -> float:
     if "members" in values:
         return sum(m["heldout_mean"][group]["mcc"] for m in values["members"].values()) / len(values["members"])
     return values["heldout_mean"][group]["mcc"]
-
-
-def bench_pm(stat: dict[str, float]) -> str:
-    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
 
 
 def write(result: dict[str, Any], results_dir: Path, started: float) -> None:
