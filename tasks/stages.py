@@ -526,7 +526,9 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
                 ]
             merged = None
             for rows in blocks:
-                group = TensorGroup(name, [r.get_tensor(name, rows).to(device) for r in readers], seed=seed, carry=carry, input_major=name in input_major)
+                # Beside whole Gram matrices (their tensors are never cut) the members are read one at a time too.
+                tensors = _ReadOnAccess(readers, name, device) if with_stats and not cut_stats else [r.get_tensor(name, rows).to(device) for r in readers]
+                group = TensorGroup(name, tensors, seed=seed, carry=carry, input_major=name in input_major)
                 if not averaged:
                     if base is not None:
                         group.base = base.get_tensor(name, rows).to(device)
@@ -536,7 +538,7 @@ def _candidate_tensors(run: Run, members: list[str], generation: int, device: An
                         group.stats = _ReadOnAccess(stats, name, device)  # whole Gram matrices: one at a time
                     group.thresholds = thresholds
                 piece = average(group, average_params) if averaged else merge(group, params)
-                del group  # the members' copies of this block go before the next block's are read
+                del group, tensors  # the members' copies of this block go before the next block's are read
                 if rows is None:
                     merged = piece
                 else:
@@ -552,7 +554,7 @@ def _read(reader, name: str, device: Any):
 
 class _ReadOnAccess(Sequence):
     """One tensor of every reader, read when indexed and not kept: a method that walks the members one after
-    the other (RegMean over its Gram matrices) holds one at a time."""
+    the other (RegMean over its weights and Gram matrices) holds one at a time."""
 
     def __init__(self, readers: list, name: str, device: Any):
         self.readers, self.name, self.device = readers, name, device

@@ -119,6 +119,69 @@ def test_regmean_alpha_zero_weights_each_input_column_by_its_energy():
     torch.testing.assert_close(merged, torch.tensor([[0.5, 1.5 / 5, 6.5 / 9]]).expand(2, 3))
 
 
+class _CountingReads(list):
+    """Tensors handed out one read at a time, as `stages._ReadOnAccess` does; counts the reads."""
+
+    reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i).clone()
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+
+def _regmean_by_one_solve(weights, grams, alpha, input_major):
+    """RegMean as the formula reads: sum the whole regularised float64 matrices, one solve_ex."""
+    gram_sum, rhs = 0, 0
+    for w, g in zip(weights, grams):
+        g = g.double()
+        g = alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g))
+        gram_sum, rhs = gram_sum + g, rhs + g @ (w.double() if input_major else w.double().T)
+    solution = torch.linalg.solve_ex(gram_sum, rhs)[0]
+    return (solution if input_major else solution.T).float()
+
+
+@pytest.mark.parametrize("input_major", [False, True])
+def test_regmean_blocked_in_place_solve_gives_the_bits_of_one_solve(input_major, monkeypatch):
+    """The Gram sum is built in blocks of rows and factorised in place, to hold one float64 matrix: the bits
+    must stay those of summing whole matrices and calling solve_ex (Gram matrices from a float32 matmul are
+    not exactly symmetric, so a transposed factorisation would differ)."""
+    monkeypatch.setattr("tasks.merge.regmean.SUM_BLOCK_ROWS", 7)  # several blocks, the last one short
+    g = torch.Generator().manual_seed(3)
+    n_in, n_out = 30, 11
+    shape = (n_in, n_out) if input_major else (n_out, n_in)
+    weights = [torch.randn(shape, generator=g) for _ in range(3)]
+    grams = []
+    for _ in weights:
+        x = torch.randn(64, n_in, generator=g) * torch.linspace(0.1, 4, n_in)
+        # A large float32 matmul leaves X^T X asymmetric in its last bits; this one is small, so perturb it.
+        grams.append(x.T @ x / 64 + 1e-6 * torch.randn(n_in, n_in, generator=g))
+    assert not torch.equal(grams[0], grams[0].T)
+    lazy_weights, lazy_grams = _CountingReads(weights), _CountingReads(grams)
+    merged = merge("regmean", TensorGroup("w", lazy_weights, stats=lazy_grams, input_major=input_major), alpha=0.1)
+    assert torch.equal(merged, _regmean_by_one_solve(weights, grams, 0.1, input_major))
+    assert lazy_weights.reads == 1 + len(weights) and lazy_grams.reads == 2 * len(grams)
+
+
+def test_regmean_singular_gram_sum_falls_back_to_the_pseudo_inverse():
+    """A feature that is zero on every member's inputs leaves the sum singular: the in-place factorisation has
+    overwritten it, so the fallback rebuilds it."""
+    g = torch.Generator().manual_seed(4)
+    weights = [torch.randn(3, 4, generator=g) for _ in range(2)]
+    grams = []
+    for _ in weights:
+        x = torch.randn(20, 4, generator=g)
+        x[:, 2] = 0
+        grams.append(x.T @ x / 20)
+    merged = merge("regmean", TensorGroup("w", weights, stats=grams), alpha=1.0)
+    gram_sum = sum(gr.double() for gr in grams)
+    rhs = sum(gr.double() @ w.double().T for w, gr in zip(weights, grams))
+    torch.testing.assert_close(merged, (torch.linalg.pinv(gram_sum) @ rhs).T.float())
+    assert torch.isfinite(merged).all()
+
+
 def test_regmean_averages_tensors_without_a_gram_matrix():
     _, members = population()
     average = merge("average", TensorGroup("w", members))

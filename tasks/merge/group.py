@@ -6,6 +6,7 @@ Torch-free at import (only type hints), so that the registry stays importable at
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
 class TensorGroup:
     """One parameter tensor across the population, plus what the method needs beside the tensors.
 
+    tensors: one per member; a list, or for a tensor with Gram matrices a sequence that reads a member's
+    tensor each time it is indexed (RegMean then holds one at a time).
     stats: Fisher diagonal (same shape) per member for fisher; for regmean the Gram matrix
     (in_features x in_features) of the inputs of the linear layer whose weight this is. None where a tensor
     has no statistic: those methods then average.
@@ -30,9 +33,9 @@ class TensorGroup:
     """
 
     name: str
-    tensors: list[Tensor]
+    tensors: Sequence[Tensor]
     base: Tensor | None = None
-    stats: list[Tensor] | None = None
+    stats: Sequence[Tensor] | None = None
     seed: int = 0
     thresholds: list[Tensor | None] | None = None
     carry: dict | None = None
