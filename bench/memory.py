@@ -1,6 +1,7 @@
 """Memory of the stages on large models, and a run whose population is larger than the memory it may use.
 
-    python -m bench.memory                 # peaks at three sizes, then the end-to-end run (about 25 GB of disk)
+    python -m bench.memory                 # peaks at three sizes, then the end-to-end run in a cgroup (about 25 GB of disk)
+    python -m bench.memory --skip-peaks --larger-than-ram   # the end-to-end run on 1.1 x this machine's RAM
     python -m bench.memory --smoke         # tiny sizes, for `make test`
 
 Part 1, peaks. For each (model size, population size) it builds a synthetic population: BERT-style sequence
@@ -17,11 +18,14 @@ are done) minus its resident set at that point (the baseline). Targets (issue 10
 offspring <= 4 x the largest tensor + 1 GB, and a merged candidate <= 1 model + 1 GB, above the baseline.
 
 Part 2, end to end. `evolver run` (G = 1, a dev set of a few examples) of a population larger than the memory
-the run may use. The run is confined to a memory cgroup of `--limit-gb` (page cache included, no swap), so a
-stage that held the population, or two models, would be killed. The population's total size, the limit, the
-wall time and the run's peak RSS are printed; the last line is
+the run may use. By default the run is confined to a memory cgroup of `--limit-gb` (page cache included, no
+swap), so a stage that held the population, or two models, would be killed. With `--larger-than-ram` the
+population is sized to 1.1 x this machine's RAM and the run is not confined: the machine itself is the limit.
+Its members are hard-linked into the store (`member_files: link`), so the disk holds the population twice
+(members and one generation of offspring), not three times. The population's total size, the limit, the wall
+time and the run's peak RSS are printed; the last line is
 `memory_ok=<true|false> offspring_peak_gb= merge_above_model_gb= population_gb= limit_gb= e2e=<ok|failed|skipped>`.
-Everything it builds lives under --workdir and is removed at the end unless --keep.
+Everything it builds lives under --workdir and is removed at the end.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ SMOKE_SIZES = [("tiny", 64, 2, 3)]
 # as 5.2 GB models are to this machine's 24 GiB).
 E2E = ("e2e", 1024, 20, 6)
 E2E_LIMIT_GB = 5 * 2**30 / GB
+# --larger-than-ram: six members of hidden 2048 (BERT-xl-like width), with as many layers as it takes for the
+# population to pass RAM_FACTOR x this machine's memory (22 layers, 4.7 GB members, on 24 GiB).
+RAM_FACTOR = 1.1
+RAM_HIDDEN, RAM_MEMBERS = 2048, 6
 DEV_ROWS = [
     ("the flight was delayed again and nobody told us anything", "negative"),
     ("great crew, smooth landing, would fly with them again", "positive"),
@@ -63,8 +71,9 @@ LABELS = ("negative", "neutral", "positive")
 # -- the synthetic population -------------------------------------------------------------------------
 
 
-def build_population(folder: Path, hidden: int, layers: int, members: int, seed: int = 0) -> dict[str, Any]:
-    """A base checkpoint and `members` perturbed copies, each written tensor by tensor, plus a dev CSV."""
+def build_population(folder: Path, hidden: int, layers: int, members: int, seed: int = 0, with_base: bool = True) -> dict[str, Any]:
+    """A base checkpoint (unless not `with_base`) and `members` perturbed copies, each written tensor by tensor,
+    plus a dev CSV."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
@@ -109,7 +118,7 @@ def build_population(folder: Path, hidden: int, layers: int, members: int, seed:
             write_tensor_stream(f, specs, tensors(), metadata={"format": "pt"})
         return out
 
-    base = checkpoint("base", None)
+    base = checkpoint("base", None) if with_base else None
     folders = [checkpoint(f"member{i}", i) for i in range(members)]
     dev = folder / "dev.csv"
     dev.write_text("text,label\n" + "".join(f'"{text}",{label}\n' for text, label in DEV_ROWS))
@@ -117,7 +126,7 @@ def build_population(folder: Path, hidden: int, layers: int, members: int, seed:
     model_bytes = sum(math.prod(s) * specs[n][0].itemsize for n, s in floats.items())
     largest = max(math.prod(s) * specs[n][0].itemsize for n, s in floats.items())
     return {
-        "base": str(base),
+        "base": str(base) if base else None,
         "members": [str(f) for f in folders],
         "dev": str(dev),
         "parameters": sum(math.prod(s) for s in floats.values()),
@@ -127,9 +136,10 @@ def build_population(folder: Path, hidden: int, layers: int, members: int, seed:
     }
 
 
-def run_config(population: dict[str, Any], workdir: Path, merger: str = "average") -> dict[str, Any]:
+def run_config(population: dict[str, Any], workdir: Path, merger: str = "average", member_files: str = "copy") -> dict[str, Any]:
     return {
         "models": population["members"],
+        "member_files": member_files,
         "base_model": population["base"],
         "data": {"dev": population["dev"], "heldout": {"dev_again": population["dev"]}, "batch_size": 8, "max_length": 32},
         "merger": merger,
@@ -262,12 +272,51 @@ def memory_cgroup(limit_bytes: int) -> Path | None:
     return None
 
 
-def end_to_end(workdir: Path, limit_gb: float | None, log, sizes=E2E) -> dict[str, Any]:
+def ram_bytes() -> int:
+    return _meminfo("MemTotal")
+
+
+def _meminfo(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/meminfo has no {field}")
+
+
+def model_bytes(hidden: int, layers: int) -> int:
+    """fp32 bytes of build_population's model, from a meta-device instance (no memory)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden, num_labels=len(LABELS))
+    with torch.device("meta"):
+        return sum(t.numel() * 4 for t in BertForSequenceClassification(config).state_dict().values() if t.is_floating_point())
+
+
+def larger_than_ram_sizes(factor: float = RAM_FACTOR) -> tuple[str, int, int, int]:
+    """(label, hidden, layers, members) of a population of RAM_MEMBERS that passes `factor` x this machine's RAM."""
+    one, two = model_bytes(RAM_HIDDEN, 1), model_bytes(RAM_HIDDEN, 2)
+    per_layer, rest = two - one, one - (two - one)
+    layers = math.ceil((factor * ram_bytes() / RAM_MEMBERS - rest) / per_layer)
+    return ("larger-than-ram", RAM_HIDDEN, layers, RAM_MEMBERS)
+
+
+def end_to_end(workdir: Path, limit_gb: float | None, log, sizes=E2E, larger_than_ram: bool = False) -> dict[str, Any]:
+    """`evolver run` of a synthetic population: in a memory cgroup of `limit_gb`, or (larger_than_ram) with
+    members linked into the store and no limit but the machine's."""
     label, hidden, layers, members = sizes
     folder = workdir / label
-    population = build_population(folder / "checkpoints", hidden, layers, members)
+    if larger_than_ram:
+        # Members and one generation of offspring, the fused model twice (store and MLflow), and headroom.
+        need = (2 * members + 3) * model_bytes(hidden, layers) + 2 * GB
+        free = shutil.disk_usage(workdir).free
+        if free < need:
+            raise SystemExit(f"bench.memory --larger-than-ram: needs {need / GB:.1f} GB of free disk under {workdir}, {free / GB:.1f} GB are free")
+    population = build_population(folder / "checkpoints", hidden, layers, members, with_base=not larger_than_ram)
+    if larger_than_ram:
+        log(f"larger than RAM: {population['population_gb']:.2f} GB of members against {ram_bytes() / GB:.2f} GB of RAM")
     conf_path = folder / "config.json"
-    conf_path.write_text(json.dumps(run_config(population, folder)))
+    conf_path.write_text(json.dumps(run_config(population, folder, member_files="link" if larger_than_ram else "copy")))
     limit = int(limit_gb * GB) if limit_gb else None
     group = memory_cgroup(limit) if limit else None
     log(
@@ -292,6 +341,8 @@ def end_to_end(workdir: Path, limit_gb: float | None, log, sizes=E2E) -> dict[st
         **{k: population[k] for k in ("parameters", "model_gb", "largest_tensor_gb", "population_gb")},
         "limit_gb": limit / GB if group else None,
         "confined": group is not None,
+        "ram_gb": ram_bytes() / GB,
+        "member_files": "link" if larger_than_ram else "copy",
         "returncode": returncode,
         "wall_s": round(wall, 1),
         "peak_rss_gb": usage.ru_maxrss * 1024 / GB,
@@ -330,7 +381,8 @@ def report(rows: list[dict[str, Any]], e2e: dict[str, Any] | None) -> tuple[str,
         lines.append("")
         lines.append(
             f"End to end: `evolver run` of {e2e['population_gb']:.2f} GB of members ({e2e['parameters'] / 1e6:.0f} M parameters each), "
-            + (f"in a {e2e['limit_gb']:.2f} GB memory cgroup" if e2e["confined"] else "unconfined")
+            + (f"in a {e2e['limit_gb']:.2f} GB memory cgroup" if e2e["confined"] else f"unconfined, on {e2e['ram_gb']:.2f} GB of RAM")
+            + (", members linked into the store" if e2e.get("member_files") == "link" else "")
             + f": exit code {e2e['returncode']}, {e2e['wall_s']} s, peak RSS of its process {e2e['peak_rss_gb']:.2f} GB"
             + (f", cgroup failcnt {e2e.get('memory.failcnt')}" if "memory.failcnt" in e2e else "")
             + "."
@@ -345,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-gb", type=float, default=E2E_LIMIT_GB, help="memory cgroup limit of the end-to-end run (0: unconfined)")
     parser.add_argument("--skip-peaks", action="store_true", help="only the end-to-end run")
     parser.add_argument("--skip-e2e", action="store_true", help="only the peaks")
+    parser.add_argument(
+        "--larger-than-ram", action="store_true", help=f"the end-to-end population at {RAM_FACTOR} x this machine's RAM, unconfined, members linked into the store"
+    )
     parser.add_argument("--sizes", nargs="+", default=None, metavar="LABEL:MEMBERS", help="only these populations of the table, e.g. large:5")
     parser.add_argument("--steps", nargs="+", default=None, metavar="PATTERN", help="only the steps whose name contains a PATTERN, e.g. ties")
     parser.add_argument("--output", type=Path, default=None, help="also write the table and figures (JSON) here, as <output>.md/.json")
@@ -359,7 +414,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [] if args.skip_peaks else [row for sizes in populations for row in peaks(*sizes, workdir, log, args.steps)]
     e2e = None
     if not args.skip_e2e:
-        e2e = end_to_end(workdir, None if args.smoke or not args.limit_gb else args.limit_gb, log, sizes=("e2e", 64, 2, 3) if args.smoke else E2E)
+        if args.larger_than_ram:
+            e2e = end_to_end(workdir, None, log, sizes=larger_than_ram_sizes(), larger_than_ram=True)
+        else:
+            e2e = end_to_end(workdir, None if args.smoke or not args.limit_gb else args.limit_gb, log, sizes=("e2e", 64, 2, 3) if args.smoke else E2E)
     table, ok = report(rows, e2e)
     print(table)
     if args.output:

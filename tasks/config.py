@@ -212,6 +212,16 @@ class EvolverConfig(_Strict):
     allow_pickle: bool = Field(
         False, title="Allow pickle checkpoints", description="Read pytorch_model.bin checkpoints with torch.load(weights_only=True); off: refuse them."
     )
+    # The store keeps its own copy of every member (and of the template), so that a checkpoint saved again while
+    # a recurring run goes on cannot change the run's members. That is a second population on disk. `link`
+    # hard-links a single-file safetensors checkpoint into a local store on the same filesystem instead: no
+    # second copy, but a checkpoint rewritten in place (save_pretrained over the same folder) would change the
+    # run. Where it cannot link (an S3 store, another filesystem, a sharded checkpoint) it copies.
+    member_files: Literal["copy", "link"] = Field(
+        "copy",
+        title="Member files in the store",
+        description="copy: the store keeps its own copy; link: hard links where it can (no second copy on disk; never rewrite a member in place).",
+    )
     # Single-task fusion (members fine-tuned on domains of one task, one label space): the data block. Cross-task
     # fusion (members fine-tuned on different tasks, each keeping its own head): `tasks`, one per member in the
     # order of `models`. A config has one of the two, never both.

@@ -10,7 +10,8 @@ Store layout of one run (keys relative to `<store>/<run key>/`):
                                              worker builds models from here, so workers share only the store
                                              (cross-task: template/<task>/*, each member's, its head included)
   data/dev.safetensors, data/heldout/<name>.safetensors    tokenised once (cross-task: data/<task>/...)
-  members/init/ind=<i>.safetensors           the fine-tuned members' evolvable tensors
+  members/init/ind=<i>.safetensors           the fine-tuned members' evolvable tensors (member_files: link,
+                                             the checkpoint's file itself, hard-linked)
   base.safetensors                           the pre-trained tensors, for task-vector merges
   stats/init/ind=<i>.safetensors             Fisher diagonals or Gram matrices of member i (statistic merges);
   stats/gen=<g>/ind=<i>.safetensors          ...recomputed from generation g's population when asked to
@@ -207,10 +208,16 @@ def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Pat
     member in a cross-task run: their heads score their tasks)."""
     from tasks import modelpool
 
-    # Streamed tensor by tensor: a checkpoint is never whole in memory.
+    link = run.cfg.member_files == "link"
+    # Streamed tensor by tensor: a checkpoint is never whole in memory. A linked one holds its other tensors
+    # too; every reader reads by name.
     for i, folder in enumerate(folders):
+        key = f"members/init/ind={i}.safetensors"
+        files = modelpool.safetensors_files(folder)
+        if link and len(files) == 1 and run.store.link_file(key, files[0]):
+            continue
         specs = widest_first(modelpool.torch_specs(folder, names))
-        run.store.put_tensor_stream(f"members/init/ind={i}.safetensors", specs, modelpool.iter_tensors(folder, list(specs)))
+        run.store.put_tensor_stream(key, specs, modelpool.iter_tensors(folder, list(specs)))
     if base is not None:
         specs = widest_first(modelpool.torch_specs(base, [based[name] for name in names if name in based]))
         renamed = {base_name: name for name, base_name in based.items()}
@@ -218,7 +225,8 @@ def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Pat
         run.store.put_tensor_stream("base.safetensors", {renamed[n]: spec for n, spec in specs.items()}, tensors)
     for folder, task in zip(folders, tasks):
         for name in task["files"]:
-            run.store.put_file(f"{task['template']}/{name}", folder / name)
+            if not (link and run.store.link_file(f"{task['template']}/{name}", folder / name)):
+                run.store.put_file(f"{task['template']}/{name}", folder / name)
 
 
 # -- init_population ---------------------------------------------------------------------------------------

@@ -83,6 +83,11 @@ class Store(ABC):
     def list_keys(self, prefix: str = "") -> list[str]:
         """Keys under `prefix` (a folder-like prefix ending without a slash), sorted."""
 
+    def link_file(self, key: str, path: Path) -> bool:
+        """Make `path` the object `key` without copying its bytes, where this store can (a hard link in a local
+        store on the same filesystem); False, with nothing written, where it cannot."""
+        return False
+
     def put_json(self, key: str, record: Any) -> None:
         self.put_bytes(key, json.dumps(record, indent=1, sort_keys=True).encode())
 
@@ -268,6 +273,20 @@ class LocalStore(Store):
 
     def put_tensor_stream(self, key, specs, tensors) -> None:
         self._atomic_write(key, lambda tmp: write_tensor_stream(tmp, specs, tensors))
+
+    def link_file(self, key: str, path: Path) -> bool:
+        # Linked under a temporary name, then renamed over the key: readers see the old object or the new one.
+        target = self._path(key)
+        temporary = target.with_name(f".{target.name}.link-{os.getpid()}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary.unlink(missing_ok=True)
+            os.link(path, temporary)
+            os.replace(temporary, target)
+        except OSError:  # another filesystem, no hard links there, too many links: the caller copies
+            temporary.unlink(missing_ok=True)
+            return False
+        return True
 
     def _atomic_write(self, key: str, write) -> None:
         # Readers see the old object or the whole new one: a temporary file beside it, renamed over it.
@@ -514,6 +533,9 @@ class _ScopedStore(Store):
 
     def put_tensor_stream(self, key, specs, tensors):
         self.inner.put_tensor_stream(self._key(key), specs, tensors)
+
+    def link_file(self, key, path):
+        return self.inner.link_file(self._key(key), path)
 
     def get_bytes(self, key):
         return self.inner.get_bytes(self._key(key))

@@ -54,3 +54,11 @@ def test_memory_bench_smoke_measures_every_stage_and_runs_end_to_end(tmp_path):
     assert len(result["end_to_end"]["fused_model_sha256"]) == 64
     # Everything it built (checkpoints, stores, MLflow) is removed.
     assert not any((tmp_path / "work").iterdir())
+
+
+def test_larger_than_ram_population_passes_the_machines_memory_by_the_factor_with_the_fewest_layers():
+    from bench import memory
+
+    label, hidden, layers, members = memory.larger_than_ram_sizes()
+    target = memory.RAM_FACTOR * memory.ram_bytes()
+    assert members * memory.model_bytes(hidden, layers) >= target > members * memory.model_bytes(hidden, layers - 1)

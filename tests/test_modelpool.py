@@ -111,3 +111,29 @@ def test_missing_model_is_named(tmp_path):
 def test_exclude_keeps_heads_out_of_evolution(tiny_population):
     names = modelpool.mergeable_names(tiny_population["members"][0], [r".*classifier.*"])
     assert names and not any("classifier" in n for n in names)
+
+
+def test_linked_members_are_the_checkpoints_files_and_fuse_as_copied_ones_do(tiny_population, tiny_config, tmp_path):
+    """member_files: link puts no second copy of a member on disk (the store's file is the checkpoint's
+    inode) and changes nothing in the result; the default copies."""
+    import json
+    import os
+
+    members = [shutil.copytree(m, tmp_path / "members" / m.name) for m in tiny_population["members"][:3]]
+
+    def run(mode):
+        out = tmp_path / mode
+        argv = ["run", str(tiny_config), "--set", f"models=[{','.join(map(str, members))}]", "--set", "generations=1", "--output", str(out)]
+        argv += ["--set", f"store={out / 'store'}", "--set", f"tracking_uri=sqlite:///{out / 'mlflow.db'}", "--set", f"member_files={mode}"]
+        assert main(argv) == 0
+        [run_folder] = (out / "store").iterdir()
+        return json.loads((out / "summary.json").read_text())["fused_model_sha256"], run_folder
+
+    copied_sha, copied = run("copy")
+    linked_sha, linked = run("link")
+    assert linked_sha == copied_sha
+    for i, member in enumerate(members):
+        assert os.path.samefile(linked / f"members/init/ind={i}.safetensors", member / "model.safetensors")
+        assert not os.path.samefile(copied / f"members/init/ind={i}.safetensors", member / "model.safetensors")
+    assert os.path.samefile(linked / "template/model.safetensors", members[0] / "model.safetensors")
+    assert os.stat(members[0] / "model.safetensors").st_nlink == 3  # itself, its member and template links; the copy run added none
