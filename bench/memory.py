@@ -368,7 +368,7 @@ def report(rows: list[dict[str, Any]], e2e: dict[str, Any] | None) -> tuple[str,
     lines = [
         "| size | members | model GB | largest tensor MB | step | baseline GB | peak above baseline GB | target GB | s |",
         "|---|---|---|---|---|---|---|---|---|",
-    ]
+    ] if rows else []
     ok = True
     for row in rows:
         target = target_of(row)
@@ -378,7 +378,7 @@ def report(rows: list[dict[str, Any]], e2e: dict[str, Any] | None) -> tuple[str,
             f"{row['peak_gb']:.2f} | {'' if target is None else f'{target:.2f}' + (' met' if row['peak_gb'] <= target else ' **missed**')} | {row['seconds']} |"
         )
     if e2e is not None:
-        lines.append("")
+        lines += [""] if rows else []
         lines.append(
             f"End to end: `evolver run` of {e2e['population_gb']:.2f} GB of members ({e2e['parameters'] / 1e6:.0f} M parameters each), "
             + (f"in a {e2e['limit_gb']:.2f} GB memory cgroup" if e2e["confined"] else f"unconfined, on {e2e['ram_gb']:.2f} GB of RAM")
