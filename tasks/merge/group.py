@@ -5,8 +5,8 @@ Torch-free at import (only type hints), so that the registry stays importable at
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
