@@ -105,7 +105,17 @@ def test_make_airflow_serves_both_uis_with_the_demo_defaults_and_stops_them_on_c
     port, mlflow_port = free_port(), free_port()
     home = tmp_path / "airflow"
     command = [sys.executable, "-m", "tasks.standalone", "--airflow-home", str(home), "--port", str(port), "--mlflow-port", str(mlflow_port), "--config", str(tiny_config)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    # Ctrl-C reaches a foreground job with SIGINT at its default; a job started in the background of a script
+    # inherits it ignored, and Python then installs no KeyboardInterrupt handler. Start it as a terminal would.
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     printed = []
     try:
         for line in process.stdout:
