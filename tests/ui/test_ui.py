@@ -165,12 +165,31 @@ def test_valid_values_trigger_a_run_that_succeeds_in_the_grid(stack, page):
     STATE["run"] = run["dag_run_id"]
     assert _wait_for_run(stack, run["dag_run_id"]) == "success"
 
-    page.goto(f"{stack.url}/dags/{DAG}/runs/{urllib.parse.quote(run['dag_run_id'], safe='')}")
-    page.get_by_role("button", name="Expand all task groups").click()
+    _open_grid_expanded(page, f"{stack.url}/dags/{DAG}/runs/{urllib.parse.quote(run['dag_run_id'], safe='')}")
     header = page.locator("h2, [data-testid=dag-run-header]").filter(has_text=run["dag_run_id"]).first
     header.wait_for()
     page.get_by_text("Success", exact=True).first.wait_for()
     _shot(page, "airflow-grid")
+
+
+def _open_grid_expanded(page, url: str) -> None:
+    """The run's page with every task group open. The grid draws its expand/collapse toggle only once the DAG's
+    structure has loaded; on a busy 2-core machine that once took past 30 s after a run had just finished
+    (CI, 2026-11-29), so a page that has not drawn it in a minute is loaded once more. An expand button that is
+    disabled means every group is open already."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    expand = page.get_by_role("button", name="Expand all task groups")
+    for attempt in range(2):
+        page.goto(url)
+        try:
+            expand.wait_for(timeout=60_000)
+            break
+        except PlaywrightTimeout:
+            if attempt:
+                raise
+    if expand.is_enabled():
+        expand.click()
 
 
 def _tooltip_state(page, run_id: str, task_id: str) -> str:
