@@ -71,17 +71,10 @@ LABELS = ("negative", "neutral", "positive")
 # -- the synthetic population -------------------------------------------------------------------------
 
 
-def build_population(folder: Path, hidden: int, layers: int, members: int, seed: int = 0, with_base: bool = True) -> dict[str, Any]:
-    """A base checkpoint (unless not `with_base`) and `members` perturbed copies, each written tensor by tensor,
-    plus a dev CSV."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
+def bert_config(hidden: int, layers: int):
+    from transformers import BertConfig
 
-    from tasks.corpora import minilm_folder
-    from tasks.store import widest_first, write_tensor_stream
-
-    folder.mkdir(parents=True, exist_ok=True)
-    config = BertConfig(
+    return BertConfig(
         vocab_size=30522,
         hidden_size=hidden,
         num_hidden_layers=layers,
@@ -91,6 +84,19 @@ def build_population(folder: Path, hidden: int, layers: int, members: int, seed:
         id2label=dict(enumerate(LABELS)),
         label2id={label: i for i, label in enumerate(LABELS)},
     )
+
+
+def build_population(folder: Path, hidden: int, layers: int, members: int, seed: int = 0, with_base: bool = True) -> dict[str, Any]:
+    """A base checkpoint (unless not `with_base`) and `members` perturbed copies, each written tensor by tensor,
+    plus a dev CSV."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from tasks.corpora import minilm_folder
+    from tasks.store import widest_first, write_tensor_stream
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = bert_config(hidden, layers)
     with torch.device("meta"):
         shapes = {name: (t.dtype, tuple(t.shape)) for name, t in BertForSequenceClassification(config).state_dict().items()}
     specs = widest_first(shapes)
@@ -155,11 +161,16 @@ def run_config(population: dict[str, Any], workdir: Path, merger: str = "average
 # -- peaks, one step per fresh process ----------------------------------------------------------------------
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def _proc_bytes(path: str, field: str) -> int:
+    """A `field:  <n> kB` line of a /proc file, in bytes."""
+    for line in Path(path).read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    raise RuntimeError(f"{path} has no {field}")
+
+
+def _status(field: str) -> int:
+    return _proc_bytes("/proc/self/status", field)
 
 
 def _step(step: str, conf: dict[str, Any], run_id: str, queue) -> None:
@@ -273,24 +284,16 @@ def memory_cgroup(limit_bytes: int) -> Path | None:
 
 
 def ram_bytes() -> int:
-    return _meminfo("MemTotal")
-
-
-def _meminfo(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/meminfo has no {field}")
+    return _proc_bytes("/proc/meminfo", "MemTotal")
 
 
 def model_bytes(hidden: int, layers: int) -> int:
     """fp32 bytes of build_population's model, from a meta-device instance (no memory)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification
+    from transformers import BertForSequenceClassification
 
-    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64), intermediate_size=4 * hidden, num_labels=len(LABELS))
     with torch.device("meta"):
-        return sum(t.numel() * 4 for t in BertForSequenceClassification(config).state_dict().values() if t.is_floating_point())
+        return sum(t.numel() * 4 for t in BertForSequenceClassification(bert_config(hidden, layers)).state_dict().values() if t.is_floating_point())
 
 
 def larger_than_ram_sizes(factor: float = RAM_FACTOR) -> tuple[str, int, int, int]:
@@ -306,8 +309,10 @@ def end_to_end(workdir: Path, limit_gb: float | None, log, sizes=E2E, larger_tha
     members linked into the store and no limit but the machine's."""
     label, hidden, layers, members = sizes
     folder = workdir / label
+    member_files = "link" if larger_than_ram else "copy"
     if larger_than_ram:
-        # Members and one generation of offspring, the fused model twice (store and MLflow), and headroom.
+        # The checkpoints and one generation of offspring; the fused model in the store and in MLflow, one more
+        # model and 2 GB of headroom. Linked members and template add nothing.
         need = (2 * members + 3) * model_bytes(hidden, layers) + 2 * GB
         free = shutil.disk_usage(workdir).free
         if free < need:
@@ -316,7 +321,7 @@ def end_to_end(workdir: Path, limit_gb: float | None, log, sizes=E2E, larger_tha
     if larger_than_ram:
         log(f"larger than RAM: {population['population_gb']:.2f} GB of members against {ram_bytes() / GB:.2f} GB of RAM")
     conf_path = folder / "config.json"
-    conf_path.write_text(json.dumps(run_config(population, folder, member_files="link" if larger_than_ram else "copy")))
+    conf_path.write_text(json.dumps(run_config(population, folder, member_files=member_files)))
     limit = int(limit_gb * GB) if limit_gb else None
     group = memory_cgroup(limit) if limit else None
     log(
@@ -342,7 +347,7 @@ def end_to_end(workdir: Path, limit_gb: float | None, log, sizes=E2E, larger_tha
         "limit_gb": limit / GB if group else None,
         "confined": group is not None,
         "ram_gb": ram_bytes() / GB,
-        "member_files": "link" if larger_than_ram else "copy",
+        "member_files": member_files,
         "returncode": returncode,
         "wall_s": round(wall, 1),
         "peak_rss_gb": usage.ru_maxrss * 1024 / GB,

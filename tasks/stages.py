@@ -213,8 +213,7 @@ def _copy_checkpoints(run: Run, folders: list[Path], names: list[str], base: Pat
     # too; every reader reads by name.
     for i, folder in enumerate(folders):
         key = f"members/init/ind={i}.safetensors"
-        files = modelpool.safetensors_files(folder)
-        if link and len(files) == 1 and run.store.link_file(key, files[0]):
+        if link and len(files := modelpool.safetensors_files(folder)) == 1 and run.store.link_file(key, files[0]):
             continue
         specs = widest_first(modelpool.torch_specs(folder, names))
         run.store.put_tensor_stream(key, specs, modelpool.iter_tensors(folder, list(specs)))
